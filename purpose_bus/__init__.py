@@ -1,0 +1,60 @@
+"""purpose_bus: an in-process async pub/sub event bus for agent runtimes, on AnyIO.
+
+Public names are re-exported here from small private modules, one concept each.
+"""
+
+from __future__ import annotations
+
+from ._codec import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
+from ._codec import decode as decode
+from ._codec import encode as encode
+from ._events import Event as Event
+from ._events import EventsDropped as EventsDropped
+from ._events import LaneFinished as LaneFinished
+from ._events import LaneStarted as LaneStarted
+from ._events import Log as Log
+from ._events import MessageDelta as MessageDelta
+from ._events import ReasoningSummary as ReasoningSummary
+from ._events import RunCancelled as RunCancelled
+from ._events import RunError as RunError
+from ._events import RunFinished as RunFinished
+from ._events import RunStarted as RunStarted
+from ._events import StepFinished as StepFinished
+from ._events import StepStarted as StepStarted
+from ._events import ToolCall as ToolCall
+from ._events import ToolResult as ToolResult
+from ._events import Visibility as Visibility
+from ._events import event_class as event_class
+from ._events import registered_kinds as registered_kinds
+from ._exceptions import BusClosed as BusClosed
+from ._exceptions import DecodeError as DecodeError
+from ._exceptions import EventRejected as EventRejected
+from ._exceptions import PurposeBusError as PurposeBusError
+
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "BusClosed",
+    "DecodeError",
+    "Event",
+    "EventRejected",
+    "EventsDropped",
+    "LaneFinished",
+    "LaneStarted",
+    "Log",
+    "MessageDelta",
+    "PurposeBusError",
+    "ReasoningSummary",
+    "RunCancelled",
+    "RunError",
+    "RunFinished",
+    "RunStarted",
+    "StepFinished",
+    "StepStarted",
+    "ToolCall",
+    "ToolResult",
+    "Visibility",
+    "decode",
+    "encode",
+    "event_class",
+    "registered_kinds",
+]
