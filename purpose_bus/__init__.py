@@ -5,6 +5,7 @@ Public names are re-exported here from small private modules, one concept each.
 
 from __future__ import annotations
 
+from ._bus import EventBus as EventBus
 from ._codec import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
 from ._codec import decode as decode
 from ._codec import encode as encode
@@ -30,18 +31,35 @@ from ._exceptions import BusClosed as BusClosed
 from ._exceptions import DecodeError as DecodeError
 from ._exceptions import EventRejected as EventRejected
 from ._exceptions import PurposeBusError as PurposeBusError
+from ._filters import EventFilter as EventFilter
+from ._guards import DEFAULT_HIDDEN_KEYS as DEFAULT_HIDDEN_KEYS
+from ._guards import Guard as Guard
+from ._guards import hidden_reasoning_guard as hidden_reasoning_guard
+from ._guards import reject_hidden_reasoning as reject_hidden_reasoning
+from ._overflow import Overflow as Overflow
+from ._statistics import BusStatistics as BusStatistics
+from ._statistics import SubscriptionStatistics as SubscriptionStatistics
+from ._subscription import YIELD_INTERVAL as YIELD_INTERVAL
+from ._subscription import Subscription as Subscription
 
 __all__ = [
+    "DEFAULT_HIDDEN_KEYS",
     "DEFAULT_MAX_SIZE",
+    "YIELD_INTERVAL",
     "BusClosed",
+    "BusStatistics",
     "DecodeError",
     "Event",
+    "EventBus",
+    "EventFilter",
     "EventRejected",
     "EventsDropped",
+    "Guard",
     "LaneFinished",
     "LaneStarted",
     "Log",
     "MessageDelta",
+    "Overflow",
     "PurposeBusError",
     "ReasoningSummary",
     "RunCancelled",
@@ -50,11 +68,15 @@ __all__ = [
     "RunStarted",
     "StepFinished",
     "StepStarted",
+    "Subscription",
+    "SubscriptionStatistics",
     "ToolCall",
     "ToolResult",
     "Visibility",
     "decode",
     "encode",
     "event_class",
+    "hidden_reasoning_guard",
     "registered_kinds",
+    "reject_hidden_reasoning",
 ]

@@ -1,0 +1,563 @@
+"""The event bus: accepts events, stamps and records them, and delivers them to
+the subscriptions whose filters match."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any, Literal, TypeVar, overload
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+from ._events import Event, EventsDropped, Visibility, stamped
+from ._exceptions import BusClosed, EventRejected
+from ._filters import EventFilter, KindsArg, StrArg, make_filter
+from ._guards import Guard, reject_hidden_reasoning
+from ._history import History
+from ._overflow import Overflow
+from ._statistics import BusStatistics
+from ._subscription import YIELD_INTERVAL, Subscription
+from ._threads import ThreadHandoff
+
+__all__ = ["EventBus"]
+
+logger = logging.getLogger("purpose_bus")
+
+E = TypeVar("E", bound=Event)
+
+_NEW, _OPEN, _CLOSING, _CLOSED = range(4)
+
+
+def _positive(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, not {value}")
+    return value
+
+
+def _overflow(value: Any) -> Overflow:
+    try:
+        return Overflow(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown overflow policy {value!r}; use one of "
+            + ", ".join(f"Overflow.{o.name}" for o in Overflow)
+        ) from None
+
+
+class EventBus:
+    """An in-process pub/sub event bus, scoped to a task group::
+
+        async with EventBus() as bus:
+            async with bus.subscribe(run_id="r1") as sub:
+                bus.emit(RunStarted(run_id="r1"))
+                ...
+
+    Runs on asyncio (also with uvloop) and on trio. :meth:`emit` may be called
+    from the event loop thread and from any other thread.
+
+    :param buffer_size: the default bound of a subscription's buffer (>= 1)
+    :param overflow: the default :class:`Overflow` policy of a subscription
+    :param history_size: how many accepted events history keeps (>= 0)
+    :param thread_buffer_size: the bound of the hand-off from other threads (>= 1)
+    :param guards: callables that may reject an event (see :mod:`purpose_bus`);
+        the default rejects events that carry hidden reasoning
+    :param strict: raise :exc:`EventRejected` for a rejected event, instead of
+        logging a warning and counting it
+    :param max_runs: how many unfinished runs keep their seq counters (the least
+        recently used are forgotten past it), and how many finished runs are
+        remembered to reject their late events
+    :raises ValueError: for a size out of range or an unknown overflow policy
+    """
+
+    def __init__(
+        self,
+        *,
+        buffer_size: int = 1000,
+        overflow: Overflow = Overflow.DROP_OLDEST,
+        history_size: int = 10_000,
+        thread_buffer_size: int = 10_000,
+        guards: Sequence[Guard] = (reject_hidden_reasoning,),
+        strict: bool = False,
+        max_runs: int = 10_000,
+    ) -> None:
+        self._buffer_size = _positive("buffer_size", buffer_size, 1)
+        self._overflow = _overflow(overflow)
+        self._history = History(_positive("history_size", history_size, 0))
+        self._handoff = ThreadHandoff(
+            self, _positive("thread_buffer_size", thread_buffer_size, 1)
+        )
+        self._guards = tuple(guards)
+        for guard in self._guards:
+            if not callable(guard):
+                raise TypeError(f"guards must be callables, not {guard!r}")
+        self._strict = bool(strict)
+        self._max_runs = _positive("max_runs", max_runs, 1)
+        self._state = _NEW
+        self._task_group: TaskGroup | None = None
+        self._loop_thread: int | None = None
+        self._offset = 0
+        self._seqs: OrderedDict[str, dict[str, int]] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._subscriptions: dict[Subscription[Event], None] = {}
+        self._by_run: dict[str, tuple[Subscription[Event], ...]] = {}
+        self._any_run: tuple[Subscription[Event], ...] = ()
+        self._indexed: set[Subscription[Event]] = set()
+        self._replaying: set[Subscription[Event]] = set()
+        self._blocking = 0
+        self._rejected = 0
+        self._rejected_lock = threading.Lock()
+        self._dropped_by_closed = 0
+        self._publish_streak = 0
+        self._names = itertools.count(1)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def __aenter__(self) -> EventBus:
+        """Open the bus in a task group of its own.
+
+        :raises RuntimeError: if the bus was opened before
+        """
+        if self._state != _NEW:
+            raise RuntimeError("an EventBus can be opened only once")
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        self._loop_thread = threading.get_ident()
+        self._handoff.open(task_group)
+        self._state = _OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        try:
+            await self.aclose()
+        finally:
+            self._task_group.cancel_scope.cancel()
+            suppress = await self._task_group.__aexit__(exc_type, exc, tb)
+        return suppress
+
+    async def aclose(self) -> None:
+        """Close the bus: new emits raise :exc:`BusClosed`; events already handed
+        off by other threads are delivered first (a full ``BLOCK`` subscriber
+        takes them beyond its bound); then every subscription ends once its
+        buffered events are consumed. Publishers waiting for room raise
+        :exc:`BusClosed`, and threads blocked on a full hand-off are released with
+        :exc:`BusClosed`. Does not wait for subscribers. Idempotent.
+
+        A checkpoint. Cancellation is deferred until the bus is closed (the close
+        is shielded).
+        """
+        if self._state != _OPEN:
+            await checkpoint()
+            return
+        self._state = _CLOSING
+        with anyio.CancelScope(shield=True):
+            await self._handoff.close()
+        self._state = _CLOSED
+        for subscription in self._subscriptions:
+            subscription.sender.end()
+        self._by_run = {}
+        self._any_run = ()
+        self._indexed.clear()
+        self._replaying.clear()
+        self._blocking = 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether the bus has been closed (or is closing)."""
+        return self._state >= _CLOSING
+
+    # -- emitting -------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Accept *event*: stamp it, record it and deliver it to every matching
+        subscription. Never blocks the event loop.
+
+        On the event loop thread this happens before ``emit`` returns. From any
+        other thread the event is checked and guarded in the calling thread and
+        handed to the loop without waiting for it (see the threads section of the
+        README); if the hand-off is full the calling thread blocks.
+
+        :raises TypeError: if *event* is not an :class:`Event`
+        :raises BusClosed: if the bus is not open
+        :raises EventRejected: if a ``strict`` bus's guards or run lifecycle
+            check refuse it (a non-strict bus logs and counts it)
+        :raises anyio.WouldBlock: on the loop thread, if a matching ``BLOCK``
+            subscription is full; nothing was recorded or delivered
+        """
+        if threading.get_ident() != self._loop_thread:
+            self._handoff.put(event)
+            return
+        self._check(event)
+        if self._guarded(event) is not None:
+            if isinstance(self._offer(event, strict=True, force=False), Subscription):
+                raise anyio.WouldBlock
+
+    async def publish(self, event: Event) -> Event | None:
+        """Accept *event* like :meth:`emit` and return the stamped event, or
+        ``None`` if a non-strict bus rejected it. Call it on the event loop.
+
+        Waits while a matching ``BLOCK`` subscription is full. Always a
+        cancellation point; it yields to the scheduler at least once in every 64
+        calls. Cancelled while waiting, it leaves no trace: nothing is recorded or
+        delivered.
+
+        :raises TypeError: if *event* is not an :class:`Event`
+        :raises BusClosed: if the bus is not open, also if it closes while this
+            call waits for room
+        :raises EventRejected: if a ``strict`` bus refuses the event
+        """
+        self._check(event)
+        self._publish_streak += 1
+        if self._publish_streak < YIELD_INTERVAL:
+            await checkpoint_if_cancelled()
+        else:
+            self._publish_streak = 0
+            await checkpoint()
+        return await self._publish_checked(event)
+
+    def publish_from_thread(self, event: Event) -> Event | None:
+        """From a thread other than the event loop's: :meth:`publish` *event* on
+        the loop and wait for it; return what it returns, raise what it raises.
+
+        :raises RuntimeError: if called on the event loop thread
+        """
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("publish_from_thread() must not be called on the loop")
+        return self._handoff.publish(event)
+
+    async def _publish_checked(self, event: Event) -> Event | None:
+        self._check_open()
+        if self._guarded(event) is None:
+            return None
+        while True:
+            result = self._offer(event, strict=True, force=False)
+            if not isinstance(result, Subscription):
+                return result
+            await result.sender.wait_for_room()
+            self._check_open()
+
+    async def _publish_handed_off(self, event: Event, *, strict: bool) -> Event | None:
+        """Publish an event a thread handed off (checked and guarded there). A
+        late event raises only if *strict*. Once the bus is closing, a full
+        ``BLOCK`` subscriber takes the event beyond its bound."""
+        while True:
+            closing = self._state != _OPEN
+            result = self._offer(event, strict=strict and self._strict, force=closing)
+            if not isinstance(result, Subscription):
+                return result
+            await result.sender.wait_for_room()
+
+    def _force_room(self) -> None:
+        """Wake every publisher waiting for room (the bus is closing)."""
+        for subscription in self._indexed:
+            subscription.sender.wake_room(force=True)
+
+    def _offer(
+        self, event: Event, *, strict: bool, force: bool
+    ) -> Event | Subscription[Event] | None:
+        """Check the run lifecycle, then accept *event*; or return the full
+        ``BLOCK`` subscription it must wait for (unless *force*). Returns
+        ``None`` if the event was rejected (raising instead if *strict* and the
+        bus is strict)."""
+        if event.run_id in self._finished:
+            self._reject(event, f"run {event.run_id!r} has already ended", strict)
+            return None
+        if not self._blocking:
+            return self._accept(event, None)
+        targets = self._targets(event)
+        if not force:
+            for subscription in targets:
+                sender = subscription.sender
+                if sender.policy is Overflow.BLOCK and sender.full:
+                    return subscription
+        return self._accept(event, targets)
+
+    def _check(self, event: object) -> None:
+        if not isinstance(event, Event):
+            raise TypeError(f"expected an Event, got {type(event).__name__}")
+        if isinstance(event, EventsDropped):
+            raise TypeError("EventsDropped notices are made by the bus, not emitted")
+        self._check_open()
+
+    def _check_open(self) -> None:
+        if self._state != _OPEN:
+            raise BusClosed(
+                "the bus is closed" if self._state else "the bus is not open"
+            )
+
+    def _guarded(self, event: Event) -> Event | None:
+        """Run the guards; return the event, or ``None`` if it was rejected."""
+        for guard in self._guards:
+            try:
+                reason = guard(event)
+            except Exception as exc:
+                logger.exception("guard %r raised on a %s event", guard, event.kind)
+                reason = f"guard {guard!r} raised {type(exc).__name__}"
+            if reason is not None:
+                self._reject(event, reason)
+                return None
+        return event
+
+    def _reject(self, event: Event, reason: str, strict: bool = True) -> None:
+        with self._rejected_lock:
+            self._rejected += 1
+        if strict and self._strict:
+            raise EventRejected(reason)
+        logger.warning(
+            "rejected a %s event of run %r: %s", event.kind, event.run_id, reason
+        )
+
+    def _targets(self, event: Event) -> list[Subscription[Event]]:
+        subscriptions = self._by_run.get(event.run_id, ()) + self._any_run
+        return [s for s in subscriptions if s.filter.matches(event)]
+
+    def _accept(
+        self, event: Event, targets: Iterable[Subscription[Event]] | None
+    ) -> Event:
+        run_id = event.run_id
+        lanes = self._seqs.get(run_id)
+        if lanes is None:
+            lanes = self._seqs[run_id] = {}
+            if len(self._seqs) > self._max_runs:
+                self._seqs.popitem(last=False)
+        else:
+            self._seqs.move_to_end(run_id)
+        seq = lanes.get(event.lane_id, 0) + 1
+        lanes[event.lane_id] = seq
+        self._offset += 1
+        event = stamped(event, seq, self._offset)
+        evicted = self._history.append(event)
+        if evicted is not None and self._replaying:
+            self._lost_from_history(evicted)
+        if targets is None:
+            for subscription in self._by_run.get(run_id, ()) + self._any_run:
+                if subscription.filter.matches(event):
+                    subscription.sender.offer(event)
+        else:
+            for subscription in targets:
+                subscription.sender.offer(event)
+        if event.terminal:
+            self._finish(run_id)
+        return event
+
+    def _finish(self, run_id: str) -> None:
+        self._seqs.pop(run_id, None)
+        self._finished[run_id] = None
+        if len(self._finished) > self._max_runs:
+            self._finished.popitem(last=False)
+        for subscription in self._by_run.get(run_id, ()):
+            if subscription.filter.single_run == run_id:
+                subscription.sender.end()
+                self._unindex(subscription)
+
+    def _lost_from_history(self, event: Event) -> None:
+        for subscription in self._replaying:
+            if event.offset > subscription.cursor and subscription.filter.matches(
+                event
+            ):
+                subscription.lost_in_replay(
+                    1, event.offset, event.offset, event.run_id, event.lane_id
+                )
+
+    # -- subscribing ----------------------------------------------------------
+
+    @overload
+    def subscribe(
+        self,
+        *,
+        run_id: StrArg = ...,
+        lane_id: StrArg = ...,
+        kinds: type[E],
+        visibility: Visibility = ...,
+        buffer_size: int | None = ...,
+        overflow: Overflow | None = ...,
+        replay: bool = ...,
+        after: int | None = ...,
+        gap_events: Literal[False] = ...,
+        name: str | None = ...,
+    ) -> Subscription[E]: ...
+
+    @overload
+    def subscribe(
+        self,
+        *,
+        run_id: StrArg = ...,
+        lane_id: StrArg = ...,
+        kinds: KindsArg = ...,
+        visibility: Visibility = ...,
+        buffer_size: int | None = ...,
+        overflow: Overflow | None = ...,
+        replay: bool = ...,
+        after: int | None = ...,
+        gap_events: bool = ...,
+        name: str | None = ...,
+    ) -> Subscription[Event]: ...
+
+    def subscribe(
+        self,
+        *,
+        run_id: StrArg = None,
+        lane_id: StrArg = None,
+        kinds: KindsArg = None,
+        visibility: Visibility = Visibility.PUBLIC,
+        buffer_size: int | None = None,
+        overflow: Overflow | None = None,
+        replay: bool = False,
+        after: int | None = None,
+        gap_events: bool = False,
+        name: str | None = None,
+    ) -> Subscription[Any]:
+        """Make a subscription to the events that match every filter given; use it
+        as ``async with bus.subscribe(...) as sub: async for event in sub: ...``.
+
+        Filters take one value or a collection; ``kinds`` takes kind strings or
+        event classes; ``visibility`` is the most privileged level received.
+
+        :param buffer_size: the bound of its buffer (default: the bus's)
+        :param overflow: its :class:`Overflow` policy (default: the bus's)
+        :param replay: deliver the matching history first, then live events,
+            with no gap and no duplicate at the switch
+        :param after: resume after this offset (replaying what history still
+            holds after it); offsets history no longer holds are counted as
+            dropped; an offset beyond the newest starts live
+        :param gap_events: receive an :class:`EventsDropped` notice before the
+            next event that follows a loss
+        :param name: a name for its statistics
+        :raises TypeError: for a filter value of the wrong type
+        :raises ValueError: for a size out of range, an empty filter collection or
+            an unknown policy
+        """
+        flt: EventFilter = make_filter(
+            run_id=run_id, lane_id=lane_id, kinds=kinds, visibility=visibility
+        )
+        size = self._buffer_size if buffer_size is None else buffer_size
+        if after is not None:
+            _positive("after", after, 0)
+        return Subscription(
+            self,
+            flt,
+            buffer_size=_positive("buffer_size", size, 1),
+            overflow=self._overflow if overflow is None else _overflow(overflow),
+            gap_events=bool(gap_events),
+            replay=bool(replay),
+            after=after,
+            name=name if name is not None else f"subscription-{next(self._names)}",
+        )
+
+    def _register(self, subscription: Subscription[Event]) -> None:
+        self._check_open()
+        self._subscriptions[subscription] = None
+        replay, after = subscription.wants_replay
+        history = self._history
+        if after is not None and after >= self._offset:
+            return self._go_live(subscription)
+        if after is None and not replay:
+            return self._go_live(subscription)
+        cursor = after or 0
+        if after is not None and after + 1 < history.oldest:
+            flt = subscription.filter
+            subscription.lost_in_replay(
+                history.oldest - after - 1,
+                after + 1,
+                history.oldest - 1,
+                flt.single_run or "",
+                next(iter(flt.lane_ids))
+                if flt.lane_ids and len(flt.lane_ids) == 1
+                else "",
+            )
+            cursor = history.oldest - 1
+        subscription.cursor = cursor
+        subscription.replaying = True
+        self._replaying.add(subscription)
+
+    def _go_live(self, subscription: Subscription[Event]) -> None:
+        self._replaying.discard(subscription)
+        subscription.replaying = False
+        run_id = subscription.filter.single_run
+        if run_id is not None and run_id in self._finished:
+            subscription.sender.end()
+            return
+        self._indexed.add(subscription)
+        run_ids = subscription.filter.run_ids
+        if run_ids is None:
+            self._any_run += (subscription,)
+        else:
+            for run in run_ids:
+                self._by_run[run] = self._by_run.get(run, ()) + (subscription,)
+        if subscription.sender.policy is Overflow.BLOCK:
+            self._blocking += 1
+
+    def _unindex(self, subscription: Subscription[Event]) -> None:
+        if subscription not in self._indexed:
+            return
+        self._indexed.discard(subscription)
+        run_ids = subscription.filter.run_ids
+        if run_ids is None:
+            self._any_run = tuple(s for s in self._any_run if s is not subscription)
+        else:
+            for run in run_ids:
+                rest = tuple(s for s in self._by_run[run] if s is not subscription)
+                if rest:
+                    self._by_run[run] = rest
+                else:
+                    del self._by_run[run]
+        if subscription.sender.policy is Overflow.BLOCK:
+            self._blocking -= 1
+
+    def _unregister(self, subscription: Subscription[Event]) -> None:
+        self._replaying.discard(subscription)
+        self._unindex(subscription)
+        if subscription in self._subscriptions:
+            del self._subscriptions[subscription]
+            self._dropped_by_closed += subscription.sender.dropped
+
+    # -- history and statistics -----------------------------------------------
+
+    def replay(
+        self,
+        *,
+        run_id: StrArg = None,
+        lane_id: StrArg = None,
+        kinds: KindsArg = None,
+        visibility: Visibility = Visibility.PUBLIC,
+        since_seq: int = 0,
+        after: int = 0,
+    ) -> list[Event]:
+        """The events history holds that match the filters (the same filters and
+        defaults as :meth:`subscribe`), with a seq above *since_seq* and an offset
+        above *after*, in offset order. Takes time proportional to what it returns
+        when scoped to runs. Call it on the event loop thread.
+        """
+        flt = make_filter(
+            run_id=run_id, lane_id=lane_id, kinds=kinds, visibility=visibility
+        )
+        return self._history.select(
+            flt,
+            after=_positive("after", after, 0),
+            since_seq=_positive("since_seq", since_seq, 0),
+        )
+
+    def statistics(self) -> BusStatistics:
+        """A snapshot of the bus's counters and of every open subscription's."""
+        subscriptions = tuple(s.statistics() for s in self._subscriptions)
+        return BusStatistics(
+            emitted=self._offset,
+            rejected=self._rejected,
+            dropped=self._dropped_by_closed + sum(s.dropped for s in subscriptions),
+            history=len(self._history),
+            subscriptions=subscriptions,
+        )

@@ -1,0 +1,647 @@
+"""The JSON codec: :func:`encode` an event to bytes, :func:`decode` it back.
+
+The wire form is one compact UTF-8 JSON object: ``"kind"`` first, then every
+field of the event's attrs class under its attribute name, in definition order::
+
+    {"kind":"run.error","run_id":"r1","lane_id":"main","visibility":0,
+     "payload":{},"span_id":"…","parent_span_id":null,"ts":1700000000.5,
+     "seq":3,"offset":17,"error":"boom"}
+
+``decode(encode(event)) == event`` holds for every registered event class, the
+built-in ones and the user's own, with these conversions:
+
+* :class:`~purpose_bus.Visibility` (like any enum with JSON scalar values) is
+  written as its value, the integer ``0``, ``1`` or ``2``; names are not accepted.
+* Every mapping (the ``payload``, a ``MappingProxyType``, any ``Mapping``) comes
+  back as a plain ``dict``, which compares equal; its keys must be strings.
+* Tuples are written as JSON arrays and come back as lists, except in a field
+  annotated ``tuple[X, ...]``, which comes back as a tuple.
+* A field annotated ``float`` (such as ``ts``) accepts an integer, which becomes
+  a float (exact up to 2**53); NaN and infinities are not JSON and are refused.
+* Fields declared with ``init=False`` are neither written nor accepted.
+
+Field values are checked against the field annotations, both ways: ``str``,
+``int`` (a bool is not an int), ``float``, ``bool``, ``None``, enums, unions and
+``Optional``, ``Literal``, mappings and ``list``/``tuple``/``Sequence`` (with
+their item types), ``Any``. An annotation of another kind accepts any JSON value.
+``seq`` and ``offset`` must not be negative. :func:`encode` refuses what
+:func:`decode` would refuse, so whatever it writes can be read back.
+
+Limits: :func:`decode` refuses input over ``max_size`` bytes (default
+:data:`DEFAULT_MAX_SIZE`, 1 MiB), checked before parsing; nesting is bounded by
+the interpreter's recursion limit (about 1,000 levels). A key repeated in one
+JSON object keeps its last value, as in :func:`json.loads`. There is no pickle
+anywhere: only JSON values go in or come out.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import enum
+import json
+import math
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, Union
+
+import attrs
+
+from ._events import Event, event_class
+from ._exceptions import DecodeError
+
+__all__ = ["DEFAULT_MAX_SIZE", "decode", "encode"]
+
+#: The default limit of :func:`decode`: input longer than this many bytes
+#: (1 MiB) is refused before it is parsed.
+DEFAULT_MAX_SIZE = 1 << 20
+
+_Convert = Callable[[Any], Any]
+_MISSING: Any = object()
+_NONE_TYPE = type(None)
+_SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
+_JSON_SCALARS = (str, int, float, bool, _NONE_TYPE)
+
+
+# -- errors inside a value -----------------------------------------------------
+
+
+class _Invalid(Exception):
+    """A value that does not fit its field; the path to it is collected as the
+    exception unwinds through the containers holding it."""
+
+    def __init__(
+        self, problem: str, value: Any = _MISSING, error: type[Exception] = TypeError
+    ) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.value = value
+        self.error = error
+        self.path: list[str] = []  # innermost first
+
+    def describe(self, field: str, describe_value: Callable[[Any], str]) -> str:
+        where = field + "".join(reversed(self.path))
+        got = "" if self.value is _MISSING else f", got {describe_value(self.value)}"
+        return f"field {where}: {self.problem}{got}"
+
+
+def _short(value: object, limit: int = 40) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe_json(value: object) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return f"the string {_short(value)}"
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return f"the number {_short(value)}"
+
+
+def _describe_python(value: object) -> str:
+    if isinstance(value, _JSON_SCALARS):
+        return f"{type(value).__name__} {_short(value)}"
+    return type(value).__name__
+
+
+# -- converters: one per annotation, both directions ---------------------------
+
+
+@attrs.frozen
+class _Converter:
+    #: What the annotation accepts, for messages ("str | None").
+    expected: str
+    #: Python value -> JSON value; raises _Invalid.
+    encode: _Convert
+    #: JSON value -> Python value; raises _Invalid.
+    decode: _Convert
+
+
+def _finite(value: float) -> float:
+    if math.isfinite(value):
+        return value
+    raise _Invalid(f"{value!r} is not JSON-compatible", error=ValueError)
+
+
+def _convert_items(value: Mapping[Any, Any], convert: _Convert) -> dict[str, Any]:
+    out = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _Invalid(f"key {_short(key)} ({type(key).__name__}) is not a string")
+        try:
+            out[key] = convert(item)
+        except _Invalid as exc:
+            exc.path.append(f"[{key!r}]")
+            raise
+    return out
+
+
+def _convert_sequence(value: Any, convert: _Convert) -> list[Any]:
+    out = []
+    for index, item in enumerate(value):
+        try:
+            out.append(convert(item))
+        except _Invalid as exc:
+            exc.path.append(f"[{index}]")
+            raise
+    return out
+
+
+def _to_json(value: Any) -> Any:
+    """Return *value* as plain JSON data (dicts and lists), or raise _Invalid."""
+    if value is None or isinstance(value, (str, int)):  # int includes bool
+        return value
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, Mapping):
+        return _convert_items(value, _to_json)
+    if isinstance(value, (list, tuple)):
+        return _convert_sequence(value, _to_json)
+    raise _Invalid(f"{type(value).__name__} is not JSON-compatible")
+
+
+def _identity(value: Any) -> Any:
+    return value  # parsed JSON is JSON already
+
+
+_ANY = _Converter("any JSON value", _to_json, _identity)
+
+
+def _checked(expected: str, accepts: Callable[[Any], bool]) -> _Converter:
+    def check(value: Any) -> Any:
+        if accepts(value):
+            return value
+        raise _Invalid(f"expected {expected}", value)
+
+    return _Converter(expected, check, check)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _to_float(value: Any) -> float:
+    if isinstance(value, float):
+        return _finite(value)
+    if not _is_int(value):
+        raise _Invalid("expected float", value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise _Invalid("expected float (out of range)", value, ValueError) from None
+
+
+def _to_counter(value: Any) -> int:
+    if not _is_int(value):
+        raise _Invalid("expected int", value)
+    if value < 0:
+        raise _Invalid("must not be negative", value, ValueError)
+    return int(value)
+
+
+_SCALARS: dict[Any, _Converter] = {
+    str: _checked("str", lambda value: isinstance(value, str)),
+    int: _checked("int", _is_int),
+    bool: _checked("bool", lambda value: isinstance(value, bool)),
+    _NONE_TYPE: _checked("None", lambda value: value is None),
+    None: _checked("None", lambda value: value is None),
+    float: _Converter("float", _to_float, _to_float),
+}
+#: ``seq`` and ``offset``: counters, never negative.
+_COUNTER = _Converter("int >= 0", _to_counter, _to_counter)
+
+
+def _enum(tp: type[enum.Enum]) -> _Converter:
+    members = {(type(m.value), m.value): m for m in tp}
+    if not all(isinstance(value, _JSON_SCALARS) for _, value in members):
+        return _ANY  # members are not JSON scalars: _to_json refuses them
+    expected = f"{tp.__name__} (one of {', '.join(_short(v) for _, v in members)})"
+
+    def from_json(value: Any) -> enum.Enum:
+        try:
+            return members[type(value), value]
+        except (KeyError, TypeError):  # TypeError: unhashable
+            raise _Invalid(f"expected {expected}", value) from None
+
+    def to_json(value: Any) -> Any:
+        return (value if isinstance(value, tp) else from_json(value)).value
+
+    return _Converter(expected, to_json, from_json)
+
+
+def _literal(tp: Any) -> _Converter:
+    values = typing.get_args(tp)
+    if not all(type(v) in (str, int, bool, _NONE_TYPE) for v in values):
+        return _ANY
+    allowed = {(type(v), v) for v in values}
+    expected = " | ".join(_short(v) for v in values)
+
+    def accepts(value: Any) -> bool:
+        return isinstance(value, _JSON_SCALARS) and (type(value), value) in allowed
+
+    return _checked(expected, accepts)
+
+
+def _optional(convert: _Convert) -> _Convert:
+    def run(value: Any) -> Any:
+        return None if value is None else convert(value)
+
+    return run
+
+
+def _first_of(converts: list[_Convert], expected: str) -> _Convert:
+    def run(value: Any) -> Any:
+        for convert in converts:
+            try:
+                return convert(value)
+            except _Invalid:
+                pass
+        raise _Invalid(f"expected {expected}", value)
+
+    return run
+
+
+def _union(tp: Any) -> _Converter:
+    args = typing.get_args(tp)
+    members = [_converter(arg) for arg in args]
+    expected = " | ".join(member.expected for member in members)
+    if len(args) == 2 and _NONE_TYPE in args:  # Optional[X]: keep X's messages
+        inner = members[1 - args.index(_NONE_TYPE)]
+        return _Converter(expected, _optional(inner.encode), _optional(inner.decode))
+    encode = _first_of([member.encode for member in members], expected)
+    decode = _first_of([member.decode for member in members], expected)
+    return _Converter(expected, encode, decode)
+
+
+def _mapping(tp: Any, container: type) -> _Converter:
+    args = typing.get_args(tp)
+    values = _converter(args[1]) if len(args) == 2 else _ANY
+    expected = _type_name(tp)
+
+    def to_json(value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected {expected}", value)
+        return _convert_items(value, values.encode)
+
+    def from_json(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise _Invalid(f"expected {expected}", value)
+        return value if values is _ANY else _convert_items(value, values.decode)
+
+    return _Converter(expected, to_json, from_json)
+
+
+def _sequence(tp: Any, container: type) -> _Converter:
+    args = typing.get_args(tp)
+    homogeneous = len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis)
+    items = _converter(args[0]) if homogeneous else _ANY
+    build: Callable[[list[Any]], Any] = tuple if container is tuple else list
+    expected = _type_name(tp)
+
+    def to_json(value: Any) -> list[Any]:
+        if not isinstance(value, (list, tuple)):
+            raise _Invalid(f"expected {expected}", value)
+        return _convert_sequence(value, items.encode)
+
+    def from_json(value: Any) -> Any:
+        if not isinstance(value, list):
+            raise _Invalid(f"expected {expected}", value)
+        if items is _ANY and build is list:
+            return value
+        return build(_convert_sequence(value, items.decode))
+
+    return _Converter(expected, to_json, from_json)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is None and isinstance(tp, type):
+        return tp.__name__
+    return repr(tp).replace("typing.", "").replace("collections.abc.", "")
+
+
+def _converter(tp: Any) -> _Converter:
+    """Return the converter for annotation *tp*; :data:`_ANY` if not understood."""
+    if tp is Any or tp is object:
+        return _ANY
+    origin = typing.get_origin(tp)
+    if origin is Union or origin is types.UnionType:
+        return _union(tp)
+    if origin is Literal:
+        return _literal(tp)
+    if origin is None and isinstance(tp, typing.Hashable) and tp in _SCALARS:
+        return _SCALARS[tp]
+    container = tp if origin is None else origin
+    if not isinstance(container, type):
+        return _ANY
+    if issubclass(container, enum.Enum):
+        return _enum(container)
+    if issubclass(container, Mapping):
+        return _mapping(tp, container)
+    if container in _SEQUENCES:
+        return _sequence(tp, container)
+    return _ANY
+
+
+# -- per-class plans -------------------------------------------------------------
+
+
+@attrs.frozen
+class _Field:
+    name: str  # the attribute, and the JSON key
+    alias: str  # the __init__ keyword
+    required: bool
+    converter: _Converter
+
+
+@attrs.frozen
+class _Plan:
+    kind: str
+    fields: tuple[_Field, ...]
+    keys: frozenset[str]  # the JSON keys allowed, "kind" included
+    required: frozenset[str]
+
+
+_plans: dict[type[Event], _Plan] = {}
+
+
+def _annotation(annotation: Any, globalns: dict[str, Any], localns: Any) -> Any:
+    def holder() -> None: ...
+
+    holder.__annotations__ = {"x": annotation}
+    try:
+        return typing.get_type_hints(holder, globalns, localns)["x"]
+    except Exception:
+        return Any
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    """Resolve the annotations of *cls*; one that cannot be resolved (a name
+    local to a function, say) becomes ``Any`` without spoiling the others."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:
+        pass
+    hints: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        module = sys.modules.get(klass.__module__)
+        globalns = dict(vars(module)) if module is not None else {}
+        for name, annotation in klass.__dict__.get("__annotations__", {}).items():
+            hints[name] = _annotation(annotation, globalns, dict(vars(klass)))
+    return hints
+
+
+def _make_plan(cls: type[Event]) -> _Plan:
+    hints = _field_hints(cls)
+    fields = tuple(
+        _Field(
+            name=a.name,
+            alias=a.alias or a.name,
+            required=a.default is attrs.NOTHING,
+            converter=(
+                _COUNTER if a.name in ("seq", "offset") else _converter(hints.get(a.name))
+            ),
+        )
+        for a in attrs.fields(cls)
+        if a.init
+    )
+    return _Plan(
+        kind=cls.kind,
+        fields=fields,
+        keys=frozenset({"kind", *(f.name for f in fields)}),
+        required=frozenset(f.name for f in fields if f.required),
+    )
+
+
+def _plan(cls: type[Event]) -> _Plan:
+    try:
+        return _plans[cls]
+    except KeyError:
+        plan = _plans[cls] = _make_plan(cls)
+        return plan
+
+
+# -- encode ------------------------------------------------------------------------
+
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, check_circular=False, separators=(",", ":")
+).encode
+_dumps_ascii = json.JSONEncoder(
+    ensure_ascii=True, allow_nan=False, check_circular=False, separators=(",", ":")
+).encode
+
+
+def _encoding_plan(event: Event) -> _Plan:
+    if not isinstance(event, Event):
+        raise TypeError(f"encode() expects an Event, got {type(event).__name__}")
+    cls = type(event)
+    kind = getattr(cls, "kind", None)
+    try:
+        registered = isinstance(kind, str) and event_class(kind) is cls
+    except KeyError:
+        registered = False
+    if not registered:
+        raise TypeError(
+            f"cannot encode {cls.__qualname__}: it is not a registered event class "
+            "(an event class needs a 'kind' of its own)"
+        )
+    return _plan(cls)
+
+
+def _encode_field(kind: str, field: _Field, value: Any) -> Any:
+    try:
+        return field.converter.encode(value)
+    except _Invalid as exc:
+        message = exc.describe(field.name, _describe_python)
+        raise exc.error(f"cannot encode {kind!r} event: {message}") from None
+    except RecursionError:
+        raise ValueError(
+            f"cannot encode {kind!r} event: field {field.name} is nested too deeply "
+            "or holds itself"
+        ) from None
+
+
+def _dump(kind: str, data: dict[str, Any]) -> bytes:
+    try:
+        text = _dumps(data)
+    except (ValueError, RecursionError) as exc:  # e.g. an int too long to print
+        raise ValueError(f"cannot encode {kind!r} event: {exc}") from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: JSON can escape it
+        return _dumps_ascii(data).encode("ascii")
+
+
+def encode(event: Event) -> bytes:
+    """Return *event* as one compact UTF-8 JSON object (see the module docs).
+
+    Not limited in size: the limit is the reader's (``decode(max_size=...)``).
+
+    :raises TypeError: if *event* is not an :class:`~purpose_bus.Event`, or its
+        class is not registered (it has no ``kind`` of its own), or a field holds
+        a value its annotation does not allow or that is not JSON-compatible (a
+        set, an object, a non-string mapping key); the message names the field
+        and the path inside it, as in ``payload['x']``
+    :raises ValueError: if a field holds a float that is NaN or infinite, a
+        negative ``seq``/``offset``, or a structure nested too deeply (or holding
+        itself)
+    """
+    plan = _encoding_plan(event)
+    data = {"kind": plan.kind}
+    for field in plan.fields:
+        data[field.name] = _encode_field(plan.kind, field, getattr(event, field.name))
+    return _dump(plan.kind, data)
+
+
+# -- decode ------------------------------------------------------------------------
+
+
+def _check_size(size: int, max_size: int) -> None:
+    if size == 0:
+        raise DecodeError("empty input")
+    if size > max_size:
+        raise DecodeError(f"input is larger than the size limit of {max_size} bytes")
+
+
+def _utf8_size(text: str, max_size: int) -> int:
+    if len(text) > max_size or text.isascii():
+        return len(text)  # a UTF-8 character takes at least one byte
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _text(data: bytes | bytearray | memoryview | str, max_size: int) -> str:
+    if isinstance(data, str):
+        _check_size(_utf8_size(data, max_size), max_size)
+        return data
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode() expects bytes or str, got {type(data).__name__}")
+    try:
+        _check_size(data.nbytes if isinstance(data, memoryview) else len(data), max_size)
+        return str(data, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"input is not valid UTF-8: {exc}") from None
+    except DecodeError:
+        raise
+    except (ValueError, TypeError) as exc:  # a released or strided memoryview
+        raise DecodeError(f"input buffer cannot be read: {exc}") from None
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise DecodeError(f"input is not valid JSON: number {_short(text)} is too large")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise DecodeError(f"input is not valid JSON: {name} is not a JSON value")
+
+
+_loads = json.JSONDecoder(parse_float=_parse_float, parse_constant=_reject_constant).decode
+
+
+def _parse(text: str) -> Any:
+    try:
+        return _loads(text)
+    except DecodeError:
+        raise
+    except RecursionError:
+        raise DecodeError("input is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long
+        raise DecodeError(f"input is not valid JSON: {exc}") from None
+
+
+def _event_class(data: dict[str, Any]) -> type[Event]:
+    kind = data.get("kind", _MISSING)
+    if kind is _MISSING:
+        raise DecodeError("the JSON object has no 'kind'")
+    if not isinstance(kind, str):
+        raise DecodeError(f"'kind' must be a string, got {_describe_json(kind)}")
+    try:
+        return event_class(kind)
+    except KeyError:
+        raise DecodeError(f"unknown kind {_short(kind)}") from None
+
+
+def _names(names: typing.AbstractSet[str]) -> str:
+    shown = sorted(names)[:5]
+    more = f" (and {len(names) - 5} more)" if len(names) > 5 else ""
+    return ", ".join(_short(name) for name in shown) + more
+
+
+def _check_keys(plan: _Plan, data: dict[str, Any]) -> None:
+    unknown = data.keys() - plan.keys
+    if unknown:
+        s = "s" if len(unknown) > 1 else ""
+        raise DecodeError(f"{plan.kind!r} event: unknown field{s} {_names(unknown)}")
+    missing = plan.required - data.keys()
+    if missing:
+        s = "s" if len(missing) > 1 else ""
+        raise DecodeError(
+            f"{plan.kind!r} event: missing required field{s} {_names(missing)}"
+        )
+
+
+def _decode_field(kind: str, field: _Field, value: Any) -> Any:
+    try:
+        return field.converter.decode(value)
+    except _Invalid as exc:
+        message = exc.describe(field.name, _describe_json)
+        raise DecodeError(f"{kind!r} event: {message}") from None
+    except RecursionError:
+        raise DecodeError(f"{kind!r} event: field {field.name} is nested too deeply")
+
+
+def _construct(cls: type[Event], plan: _Plan, data: dict[str, Any]) -> Event:
+    _check_keys(plan, data)
+    kwargs = {
+        field.alias: _decode_field(plan.kind, field, data[field.name])
+        for field in plan.fields
+        if field.name in data
+    }
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # the user's validators or __attrs_post_init__
+        raise DecodeError(
+            f"{plan.kind!r} event: {cls.__qualname__} refused the fields: {exc}"
+        ) from exc
+
+
+def decode(
+    data: bytes | bytearray | memoryview | str, *, max_size: int = DEFAULT_MAX_SIZE
+) -> Event:
+    """Return the event encoded in *data* by :func:`encode`.
+
+    *data* is UTF-8 JSON, as bytes or already as text. It must be one JSON object
+    holding a registered ``"kind"`` and the fields of that kind's class: every
+    required one, no unknown one, each of the type its annotation declares (see
+    the module docs). Mappings come back as plain dicts, arrays as lists.
+
+    :param max_size: the most bytes of UTF-8 accepted (for text, its UTF-8
+        length); larger input is refused before it is parsed
+    :raises DecodeError: whatever is wrong with *data*, with a message saying
+        what: empty, too large, not UTF-8, not JSON (NaN and infinities
+        included), nested too deeply, not an object, a missing or unknown
+        ``kind``, a missing, unknown or wrongly typed field, a negative ``seq``
+        or ``offset``. No other exception escapes for any bytes or text.
+    :raises TypeError: if *data* is not bytes, bytearray, memoryview or str
+    :raises ValueError: if *max_size* is less than 1
+    """
+    if max_size < 1:
+        raise ValueError(f"max_size must be at least 1, got {max_size}")
+    parsed = _parse(_text(data, max_size))
+    if not isinstance(parsed, dict):
+        raise DecodeError(f"expected a JSON object, got {_describe_json(parsed)}")
+    cls = _event_class(parsed)
+    try:
+        plan = _plan(cls)
+    except Exception as exc:  # a broken user class; never seen for built-ins
+        raise DecodeError(f"cannot decode {cls.__qualname__}: {exc}") from exc
+    return _construct(cls, plan, parsed)

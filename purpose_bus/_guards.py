@@ -1,0 +1,97 @@
+"""Guards: callables that look at an event before it is accepted and may refuse it.
+
+A guard takes the event and returns ``None`` to let it pass, or a string: the
+reason to reject it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+
+from ._events import Event
+
+__all__ = [
+    "DEFAULT_HIDDEN_KEYS",
+    "Guard",
+    "hidden_reasoning_guard",
+    "reject_hidden_reasoning",
+]
+
+#: A guard: returns ``None`` to accept the event, or the reason to reject it.
+Guard = Callable[[Event], "str | None"]
+
+#: Keys that carry a model's raw, hidden reasoning. Matched case-insensitively.
+DEFAULT_HIDDEN_KEYS: frozenset[str] = frozenset(
+    {
+        "chain_of_thought",
+        "chain-of-thought",
+        "chainofthought",
+        "hidden_reasoning",
+        "raw_reasoning",
+        "reasoning_trace",
+        "internal_reasoning",
+        "thinking",
+        "cot",
+    }
+)
+
+_SCALARS = (str, bytes, int, float, bool, type(None))
+
+
+def _find_key(value: Any, keys: frozenset[str], depth: int = 0) -> str | None:
+    if isinstance(value, _SCALARS) or depth > 100:
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and key.casefold() in keys:
+                return key
+            found = _find_key(item, keys, depth + 1)
+            if found is not None:
+                return found
+    elif isinstance(value, Iterable) and isinstance(value, list | tuple):
+        for item in value:
+            found = _find_key(item, keys, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
+    """Return a guard that rejects events carrying any of *keys*, at any depth, in
+    the payload or in any other field that holds mappings or sequences (tool
+    arguments, tool results). Keys are matched case-insensitively.
+
+    Reasoning should reach consumers only as a
+    :class:`~purpose_bus.ReasoningSummary` event.
+    """
+    folded = frozenset(key.casefold() for key in keys)
+    if not folded:
+        raise ValueError("hidden_reasoning_guard needs at least one key")
+    names_by_class: dict[type[Event], tuple[str, ...]] = {}
+
+    def guard(event: Event) -> str | None:
+        cls = type(event)
+        names = names_by_class.get(cls)
+        if names is None:
+            names = tuple(a.name for a in attrs.fields(cls))
+            names_by_class[cls] = names
+        for name in names:
+            value = getattr(event, name)
+            if isinstance(value, _SCALARS):
+                continue
+            key = _find_key(value, folded)
+            if key is not None:
+                return (
+                    f"{event.kind} event carries hidden reasoning ({name} key "
+                    f"{key!r}); publish a ReasoningSummary instead"
+                )
+        return None
+
+    return guard
+
+
+#: The default guard: :func:`hidden_reasoning_guard` with :data:`DEFAULT_HIDDEN_KEYS`.
+reject_hidden_reasoning: Guard = hidden_reasoning_guard()

@@ -1,0 +1,338 @@
+"""The drop-oldest sender: one subscription's bounded buffer on an AnyIO memory
+object stream, with overflow policies and terminal priority.
+
+The AnyIO stream itself is unbounded; this sender enforces the subscription's
+``buffer_size``. It holds a clone of the receive end, so it can evict from the
+head of the stream with ``receive_nowait()`` (AnyIO has no public way to evict from
+the send side). Receivers never wait inside the stream: they wait on an
+:class:`anyio.Event` and then take with ``receive_nowait()``, so every event
+stays in the stream's buffer until it is taken, a cancelled receiver loses
+nothing, and the count of buffered events is exact.
+
+Losses are remembered, when the subscriber asked for ``gap_events``, as gap
+markers at the position of the loss: in the stream (where an event was
+discarded or evicted from the middle) or, for evictions at the head, in
+``_head_gap`` which precedes everything in the stream. A receiver turns a
+marker into an :class:`~purpose_bus.EventsDropped` notice.
+
+Everything here runs on the bus's event loop thread.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._events import Event, EventsDropped
+from ._overflow import Overflow
+
+__all__ = ["Gap", "OverflowSender"]
+
+
+class Gap:
+    """A run of lost events at one position of a subscriber's stream."""
+
+    __slots__ = ("count", "first_offset", "lane_id", "last_offset", "run_id")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first_offset = 0
+        self.last_offset = 0
+        self.run_id = ""
+        self.lane_id = ""
+
+    def add(self, event: Event) -> None:
+        """Count *event* as lost here."""
+        self.add_range(1, event.offset, event.offset, event.run_id, event.lane_id)
+
+    def add_range(
+        self, count: int, first: int, last: int, run_id: str, lane_id: str
+    ) -> None:
+        """Count *count* events with offsets in ``first..last`` as lost here."""
+        if self.count == 0 or first < self.first_offset:
+            self.first_offset = first
+            self.run_id = run_id
+            self.lane_id = lane_id
+        self.last_offset = max(self.last_offset, last)
+        self.count += count
+
+    def merge(self, other: Gap) -> None:
+        """Absorb *other*, a gap adjacent to this one."""
+        self.add_range(
+            other.count,
+            other.first_offset,
+            other.last_offset,
+            other.run_id,
+            other.lane_id,
+        )
+
+    def notice(self) -> EventsDropped:
+        """The notice a subscriber receives for this gap."""
+        return EventsDropped(
+            run_id=self.run_id,
+            lane_id=self.lane_id,
+            count=self.count,
+            first_offset=self.first_offset,
+            last_offset=self.last_offset,
+        )
+
+
+Item = Union[Event, Gap]  # noqa: UP007  (a runtime alias)
+
+
+class OverflowSender:
+    """One subscription's buffer: the send end, the receive end and an evicting
+    clone of an unbounded AnyIO memory object stream, plus the counters.
+
+    ``matched == delivered + dropped + buffered`` holds after every method.
+    """
+
+    __slots__ = (
+        "_evict",
+        "_head_gap",
+        "_policy",
+        "_receive",
+        "_room_waiter",
+        "_send",
+        "_tail_gap",
+        "_terminals",
+        "_waiter",
+        "bound",
+        "buffered",
+        "delivered",
+        "dropped",
+        "ended",
+        "gap_events",
+        "matched",
+    )
+
+    def __init__(self, bound: int, policy: Overflow, gap_events: bool) -> None:
+        send, receive = anyio.create_memory_object_stream[Item](math.inf)
+        self._send: MemoryObjectSendStream[Item] = send
+        self._receive: MemoryObjectReceiveStream[Item] = receive
+        self._evict = receive.clone()
+        self._policy = policy
+        self._head_gap: Gap | None = None
+        self._tail_gap: Gap | None = None
+        self._terminals = 0
+        self._waiter: anyio.Event | None = None
+        self._room_waiter: anyio.Event | None = None
+        self.bound = bound
+        self.gap_events = gap_events
+        self.buffered = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.matched = 0
+        self.ended = False
+
+    @property
+    def policy(self) -> Overflow:
+        """The overflow policy."""
+        return self._policy
+
+    @property
+    def full(self) -> bool:
+        """Whether a live event would meet a full buffer."""
+        return self.buffered >= self.bound
+
+    # -- the send side --------------------------------------------------------
+
+    def offer(self, event: Event) -> None:
+        """Buffer *event* for the subscriber, applying the overflow policy if the
+        buffer is full. Under ``BLOCK`` the caller has made sure there is room (or
+        is closing the bus), so the event always goes in."""
+        self.matched += 1
+        if self.buffered < self.bound or self._policy is Overflow.BLOCK:
+            self._push(event)
+        elif self._policy is Overflow.DROP_NEWEST and not event.terminal:
+            self._lose_incoming(event)
+        elif self._policy is Overflow.DROP_OLDEST and not self._terminals:
+            self._evict_head()
+            self._push(event)
+        else:
+            self._make_room(event)
+
+    def lose(
+        self, count: int, first: int, last: int, run_id: str, lane_id: str
+    ) -> None:
+        """Count *count* matching events that never reached the buffer (gone from
+        history before they were read) as matched and dropped, at the tail."""
+        self.matched += count
+        self.dropped += count
+        if self.gap_events:
+            gap = self._tail_gap
+            if gap is None:
+                gap = self._tail_gap = Gap()
+                self._send.send_nowait(gap)
+            gap.add_range(count, first, last, run_id, lane_id)
+            self._wake()
+
+    def end(self) -> None:
+        """End the stream: the receiver gets what is buffered, then
+        :exc:`anyio.EndOfStream`. Idempotent."""
+        if not self.ended:
+            self.ended = True
+            self._send.close()
+            self._evict.close()
+            self._wake()
+            self.wake_room()
+
+    def discard(self) -> None:
+        """Close the subscription: what is still buffered is dropped (counted),
+        and the receive end is closed. Idempotent."""
+        self.end()
+        self._head_gap = self._tail_gap = None
+        self.dropped += self.buffered
+        self.buffered = 0
+        self._terminals = 0
+        self._receive.close()
+
+    def _push(self, event: Event) -> None:
+        self._send.send_nowait(event)
+        self.buffered += 1
+        if event.terminal:
+            self._terminals += 1
+        self._tail_gap = None
+        if self._waiter is not None:
+            self._wake()
+
+    def _lose_incoming(self, event: Event) -> None:
+        self.dropped += 1
+        if self.gap_events:
+            gap = self._tail_gap
+            if gap is None:
+                gap = self._tail_gap = Gap()
+                self._send.send_nowait(gap)
+            gap.add(event)
+            self._wake()
+
+    def _evict_head(self) -> None:
+        # No terminal event is buffered, so the head is an event we may drop
+        # (possibly behind gap markers, which join the head gap).
+        while True:
+            item = self._evict.receive_nowait()
+            if type(item) is Gap:
+                self._gap_at_head().merge(item)
+                continue
+            assert isinstance(item, Event)
+            self.buffered -= 1
+            self.dropped += 1
+            if self.gap_events:
+                self._gap_at_head().add(item)
+            return
+
+    def _gap_at_head(self) -> Gap:
+        if self._head_gap is None:
+            self._head_gap = Gap()
+        return self._head_gap
+
+    def _make_room(self, event: Event) -> None:
+        # The slow path: drain the stream, pick the victim, put the rest back.
+        items = self._drain()
+        if self._policy is Overflow.DROP_NEWEST:
+            positions = range(len(items) - 1, -1, -1)
+        else:
+            positions = range(len(items))
+        for index in positions:
+            victim = items[index]
+            if type(victim) is not Gap and not victim.terminal:  # type: ignore[union-attr]
+                break
+        else:
+            index = -1
+        if index >= 0:
+            items[index] = self._lost_marker(items[index])  # type: ignore[arg-type]
+        self._refill(items)
+        if index >= 0 or event.terminal:
+            self._push(event)
+        else:
+            self._lose_incoming(event)
+
+    def _lost_marker(self, victim: Event) -> Gap | None:
+        self.buffered -= 1
+        self.dropped += 1
+        if not self.gap_events:
+            return None
+        gap = Gap()
+        gap.add(victim)
+        return gap
+
+    def _drain(self) -> list[Item | None]:
+        items: list[Item | None] = []
+        if self._head_gap is not None:
+            items.append(self._head_gap)
+            self._head_gap = None
+        while True:
+            try:
+                items.append(self._evict.receive_nowait())
+            except anyio.WouldBlock:
+                return items
+
+    def _refill(self, items: list[Item | None]) -> None:
+        previous: Item | None = None
+        for item in items:
+            if item is None:
+                continue
+            if type(item) is Gap and type(previous) is Gap:
+                previous.merge(item)  # type: ignore[union-attr]
+                continue
+            self._send.send_nowait(item)
+            previous = item
+        self._tail_gap = previous if type(previous) is Gap else None  # type: ignore[assignment]
+
+    # -- the receive side -----------------------------------------------------
+
+    def take(self) -> Event:
+        """Take the next event or gap notice without waiting.
+
+        :raises anyio.WouldBlock: if nothing is buffered
+        :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
+        :raises anyio.ClosedResourceError: if the subscription was closed
+        """
+        gap = self._head_gap
+        if gap is not None:
+            self._head_gap = None
+            return gap.notice()
+        item = self._receive.receive_nowait()
+        if type(item) is Gap:
+            if item is self._tail_gap:
+                self._tail_gap = None
+            return item.notice()
+        assert isinstance(item, Event)
+        self.buffered -= 1
+        self.delivered += 1
+        if item.terminal:
+            self._terminals -= 1
+        if self._room_waiter is not None:
+            self.wake_room()
+        return item
+
+    async def wait(self) -> None:
+        """Wait until something may be taken (or the stream ended).
+
+        Cancellation leaves everything buffered where it was."""
+        if self._waiter is None:
+            self._waiter = anyio.Event()
+        await self._waiter.wait()
+
+    async def wait_for_room(self) -> None:
+        """Wait until a live event would not meet a full buffer, or the stream
+        ended. Cancellation has no effect on the buffer."""
+        if self._room_waiter is None:
+            self._room_waiter = anyio.Event()
+        await self._room_waiter.wait()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    def wake_room(self, *, force: bool = False) -> None:
+        """Wake the publishers waiting for room, if there is room (or *force*)."""
+        waiter = self._room_waiter
+        if waiter is not None and (force or self.ended or self.buffered < self.bound):
+            self._room_waiter = None
+            waiter.set()

@@ -1,0 +1,250 @@
+"""A subscriber's handle: an async context manager and async iterator over the
+events that match its filter."""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from types import TracebackType
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+
+from ._events import Event
+from ._filters import EventFilter
+from ._overflow import Overflow
+from ._sender import Gap, OverflowSender
+from ._statistics import SubscriptionStatistics
+
+if TYPE_CHECKING:
+    from ._bus import EventBus
+
+__all__ = ["YIELD_INTERVAL", "Subscription"]
+
+E_co = TypeVar("E_co", bound=Event, covariant=True)
+
+#: A receive that finds events buffered hands them out without a scheduler round
+#: trip, but yields to the scheduler at least once every this many receives.
+YIELD_INTERVAL = 64
+#: How many replayed events are read from history at a time.
+_READ_AHEAD = 64
+
+
+class Subscription(Generic[E_co]):
+    """The events of one bus that match one filter, in offset order, each at most
+    once, as they are accepted; made by :meth:`EventBus.subscribe`.
+
+    Use it as ``async with bus.subscribe(...) as sub:``: it is registered when
+    the block is entered (every matching event accepted from then on is delivered
+    or counted as dropped) and unregistered at once when the block is left,
+    however it is left. An entered subscription that is never closed warns with
+    :exc:`ResourceWarning` when it is garbage collected.
+
+    Iteration (or :meth:`receive`) ends with the buffered events consumed when:
+    the bus closes; the subscription is scoped to exactly one run and that run's
+    terminal event has been accepted (after it is delivered, if it matches the
+    filter; at once if the run had already finished and there is nothing left
+    to replay). :meth:`close` ends it at once, discarding what is buffered.
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        flt: EventFilter,
+        *,
+        buffer_size: int,
+        overflow: Overflow,
+        gap_events: bool,
+        replay: bool,
+        after: int | None,
+        name: str,
+    ) -> None:
+        self._bus = bus
+        self._filter = flt
+        self._buffer = OverflowSender(buffer_size, overflow, gap_events)
+        self._replay = replay
+        self._after = after
+        self._name = name
+        self._entered = False
+        self._closed = False
+        self._streak = 0
+        # Replay state: a cursor (the offset last read from history), the events
+        # read ahead and the losses met while replaying.
+        self.replaying = False
+        self.cursor = 0
+        self._read_ahead: deque[Event] = deque()
+        self._replay_gap: Gap | None = None
+
+    @property
+    def name(self) -> str:
+        """The name given to :meth:`EventBus.subscribe`, or a generated one."""
+        return self._name
+
+    @property
+    def filter(self) -> EventFilter:
+        """The filter this subscription matches events with."""
+        return self._filter
+
+    @property
+    def sender(self) -> OverflowSender:
+        """The buffer the bus delivers live events into (internal)."""
+        return self._buffer
+
+    @property
+    def wants_replay(self) -> tuple[bool, int | None]:
+        """``(replay, after)`` as given to :meth:`EventBus.subscribe` (internal)."""
+        return self._replay, self._after
+
+    # -- the context manager --------------------------------------------------
+
+    async def __aenter__(self) -> Subscription[E_co]:
+        """Register with the bus.
+
+        :raises BusClosed: if the bus is not open
+        :raises RuntimeError: if this subscription was entered before
+        """
+        if self._entered:
+            raise RuntimeError("a subscription can be entered only once")
+        self._bus._register(self)
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unregister at once and discard what is still buffered (counted as
+        dropped). Afterwards :meth:`receive` raises
+        :exc:`anyio.ClosedResourceError`; a task waiting in :meth:`receive` is
+        woken and raises it. Idempotent; safe before entering."""
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.dropped += len(self._read_ahead)
+        self._read_ahead.clear()
+        self._replay_gap = None
+        self.replaying = False
+        self._buffer.discard()
+        if self._entered:
+            self._bus._unregister(self)
+
+    def __del__(self) -> None:
+        if self._entered and not self._closed:
+            warnings.warn(
+                f"subscription {self._name!r} was never closed: leave its "
+                "'async with' block or call close()",
+                ResourceWarning,
+                stacklevel=1,
+                source=self,
+            )
+
+    # -- receiving ------------------------------------------------------------
+
+    def receive_nowait(self) -> E_co:
+        """Return the next event without waiting.
+
+        :raises anyio.WouldBlock: if no event is ready
+        :raises anyio.EndOfStream: if the subscription has ended and its buffer
+            is drained
+        :raises anyio.ClosedResourceError: after :meth:`close`
+        """
+        if self.replaying:
+            return self._take_replayed()  # type: ignore[return-value]
+        return self._buffer.take()  # type: ignore[return-value]
+
+    async def receive(self) -> E_co:
+        """Return the next event, waiting for one if none is buffered.
+
+        Always a cancellation point. When events are buffered it returns without
+        a scheduler round trip, but it yields to the scheduler at least once in
+        every :data:`YIELD_INTERVAL` (64) calls, so a busy subscriber cannot
+        starve the loop. Cancelled while waiting, it leaves the subscription
+        unchanged: no event is lost.
+
+        :raises anyio.EndOfStream: when the subscription has ended (see the class
+            docstring) and its buffer is drained
+        :raises anyio.ClosedResourceError: after :meth:`close`, also in a task
+            that was waiting when another one closed it
+        """
+        self._streak += 1
+        if self._streak < YIELD_INTERVAL:
+            await checkpoint_if_cancelled()
+        else:
+            self._streak = 0
+            await checkpoint()
+        while True:
+            try:
+                return self.receive_nowait()
+            except anyio.WouldBlock:
+                self._streak = 0
+                await self._buffer.wait()
+
+    def __aiter__(self) -> Subscription[E_co]:
+        return self
+
+    async def __anext__(self) -> E_co:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def statistics(self) -> SubscriptionStatistics:
+        """A snapshot of this subscription's counters."""
+        buffer = self._buffer
+        return SubscriptionStatistics(
+            name=self._name,
+            buffered=buffer.buffered + len(self._read_ahead),
+            buffer_size=buffer.bound,
+            delivered=buffer.delivered,
+            dropped=buffer.dropped,
+            overflow=buffer.policy,
+        )
+
+    # -- replay ---------------------------------------------------------------
+
+    def lost_in_replay(
+        self, count: int, first: int, last: int, run_id: str, lane_id: str
+    ) -> None:
+        """Count *count* matching events that left history (or were never in it)
+        before this subscription read them (internal)."""
+        buffer = self._buffer
+        buffer.matched += count
+        buffer.dropped += count
+        if buffer.gap_events:
+            if self._replay_gap is None:
+                self._replay_gap = Gap()
+            self._replay_gap.add_range(count, first, last, run_id, lane_id)
+
+    def _take_replayed(self) -> Event:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        buffer = self._buffer
+        while True:
+            if self._read_ahead:
+                buffer.delivered += 1
+                return self._read_ahead.popleft()
+            if self._replay_gap is not None:
+                gap, self._replay_gap = self._replay_gap, None
+                return gap.notice()
+            if not self._read_more():
+                self._bus._go_live(self)
+                return buffer.take()
+
+    def _read_more(self) -> bool:
+        matches = self._filter.matches
+        events = self._bus._history.iter_after(self.cursor, self._filter.run_ids)
+        read = self._read_ahead
+        for event in events:
+            self.cursor = event.offset
+            if matches(event):
+                read.append(event)
+                if len(read) >= _READ_AHEAD:
+                    break
+        self._buffer.matched += len(read)
+        return bool(read)
