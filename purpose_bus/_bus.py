@@ -202,9 +202,10 @@ class EventBus:
             self._handoff.put(event)
             return
         self._check(event)
-        if self._guarded(event) is not None:
-            if isinstance(self._offer(event, strict=True, force=False), Subscription):
-                raise anyio.WouldBlock
+        if self._guarded(event) is None:
+            return
+        if isinstance(self._offer(event, strict=True, force=False), Subscription):
+            raise anyio.WouldBlock
 
     async def publish(self, event: Event) -> Event | None:
         """Accept *event* like :meth:`emit` and return the stamped event, or
@@ -494,10 +495,10 @@ class EventBus:
         self._indexed.add(subscription)
         run_ids = subscription.filter.run_ids
         if run_ids is None:
-            self._any_run += (subscription,)
+            self._any_run = (*self._any_run, subscription)
         else:
             for run in run_ids:
-                self._by_run[run] = self._by_run.get(run, ()) + (subscription,)
+                self._by_run[run] = (*self._by_run.get(run, ()), subscription)
         if subscription.sender.policy is Overflow.BLOCK:
             self._blocking += 1
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import collections.abc
 import enum
+import inspect
 import json
 import math
 import sys
@@ -281,7 +282,7 @@ def _union(tp: Any) -> _Converter:
     return _Converter(expected, encode, decode)
 
 
-def _mapping(tp: Any, container: type) -> _Converter:
+def _mapping(tp: Any) -> _Converter:
     args = typing.get_args(tp)
     values = _converter(args[1]) if len(args) == 2 else _ANY
     expected = _type_name(tp)
@@ -344,7 +345,7 @@ def _converter(tp: Any) -> _Converter:
     if issubclass(container, enum.Enum):
         return _enum(container)
     if issubclass(container, Mapping):
-        return _mapping(tp, container)
+        return _mapping(tp)
     if container in _SEQUENCES:
         return _sequence(tp, container)
     return _ANY
@@ -393,7 +394,7 @@ def _field_hints(cls: type) -> dict[str, Any]:
     for klass in reversed(cls.__mro__):
         module = sys.modules.get(klass.__module__)
         globalns = dict(vars(module)) if module is not None else {}
-        for name, annotation in klass.__dict__.get("__annotations__", {}).items():
+        for name, annotation in inspect.get_annotations(klass).items():
             hints[name] = _annotation(annotation, globalns, dict(vars(klass)))
     return hints
 
@@ -406,7 +407,9 @@ def _make_plan(cls: type[Event]) -> _Plan:
             alias=a.alias or a.name,
             required=a.default is attrs.NOTHING,
             converter=(
-                _COUNTER if a.name in ("seq", "offset") else _converter(hints.get(a.name))
+                _COUNTER
+                if a.name in ("seq", "offset")
+                else _converter(hints.get(a.name))
             ),
         )
         for a in attrs.fields(cls)
@@ -494,7 +497,7 @@ def encode(event: Event) -> bytes:
         itself)
     """
     plan = _encoding_plan(event)
-    data = {"kind": plan.kind}
+    data: dict[str, Any] = {"kind": plan.kind}
     for field in plan.fields:
         data[field.name] = _encode_field(plan.kind, field, getattr(event, field.name))
     return _dump(plan.kind, data)
@@ -516,27 +519,34 @@ def _utf8_size(text: str, max_size: int) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def _bytes(data: memoryview) -> bytes:
+    try:
+        return data.tobytes()
+    except ValueError as exc:  # a released memoryview
+        raise DecodeError(f"input buffer cannot be read: {exc}") from None
+
+
 def _text(data: bytes | bytearray | memoryview | str, max_size: int) -> str:
     if isinstance(data, str):
         _check_size(_utf8_size(data, max_size), max_size)
         return data
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+    if isinstance(data, memoryview):
+        data = _bytes(data)
+    elif not isinstance(data, (bytes, bytearray)):
         raise TypeError(f"decode() expects bytes or str, got {type(data).__name__}")
+    _check_size(len(data), max_size)
     try:
-        _check_size(data.nbytes if isinstance(data, memoryview) else len(data), max_size)
         return str(data, "utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"input is not valid UTF-8: {exc}") from None
-    except DecodeError:
-        raise
-    except (ValueError, TypeError) as exc:  # a released or strided memoryview
-        raise DecodeError(f"input buffer cannot be read: {exc}") from None
 
 
 def _parse_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
-        raise DecodeError(f"input is not valid JSON: number {_short(text)} is too large")
+        raise DecodeError(
+            f"input is not valid JSON: number {_short(text)} is too large"
+        )
     return value
 
 
@@ -544,7 +554,9 @@ def _reject_constant(name: str) -> Any:
     raise DecodeError(f"input is not valid JSON: {name} is not a JSON value")
 
 
-_loads = json.JSONDecoder(parse_float=_parse_float, parse_constant=_reject_constant).decode
+_loads = json.JSONDecoder(
+    parse_float=_parse_float, parse_constant=_reject_constant
+).decode
 
 
 def _parse(text: str) -> Any:
@@ -596,7 +608,9 @@ def _decode_field(kind: str, field: _Field, value: Any) -> Any:
         message = exc.describe(field.name, _describe_json)
         raise DecodeError(f"{kind!r} event: {message}") from None
     except RecursionError:
-        raise DecodeError(f"{kind!r} event: field {field.name} is nested too deeply")
+        raise DecodeError(
+            f"{kind!r} event: field {field.name} is nested too deeply"
+        ) from None
 
 
 def _construct(cls: type[Event], plan: _Plan, data: dict[str, Any]) -> Event:

@@ -93,10 +93,10 @@ class History:
             index.pop_oldest()
             if not index:
                 del self._by_run[evicted.run_id]
-        index = self._by_run.get(event.run_id)
-        if index is None:
-            index = self._by_run[event.run_id] = _RunIndex()
-        index.events.append(event)
+        current = self._by_run.get(event.run_id)
+        if current is None:
+            current = self._by_run[event.run_id] = _RunIndex()
+        current.events.append(event)
         return evicted
 
     def get(self, offset: int) -> Event | None:

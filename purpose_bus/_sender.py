@@ -276,11 +276,11 @@ class OverflowSender:
             if item is None:
                 continue
             if type(item) is Gap and type(previous) is Gap:
-                previous.merge(item)  # type: ignore[union-attr]
+                previous.merge(item)
                 continue
             self._send.send_nowait(item)
             previous = item
-        self._tail_gap = previous if type(previous) is Gap else None  # type: ignore[assignment]
+        self._tail_gap = previous if type(previous) is Gap else None
 
     # -- the receive side -----------------------------------------------------
 
