@@ -489,7 +489,7 @@ class EventBus:
         self._replaying.discard(subscription)
         subscription.replaying = False
         run_id = subscription.filter.single_run
-        if run_id is not None and run_id in self._finished:
+        if self._state != _OPEN or (run_id is not None and run_id in self._finished):
             subscription.sender.end()
             return
         self._indexed.add(subscription)

@@ -135,7 +135,7 @@ class Subscription(Generic[E_co]):
             self._bus._unregister(self)
 
     def __del__(self) -> None:
-        if self._entered and not self._closed:
+        if getattr(self, "_entered", False) and not self._closed:
             warnings.warn(
                 f"subscription {self._name!r} was never closed: leave its "
                 "'async with' block or call close()",

@@ -1,0 +1,37 @@
+"""The README's Python examples run as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).parent.parent / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+RUNNABLE = [block for block in BLOCKS if "..." not in block.replace('"..."', "")]
+
+
+def test_readme_has_runnable_examples() -> None:
+    assert len(RUNNABLE) >= 2
+
+
+@pytest.mark.parametrize("code", RUNNABLE, ids=[f"block{i}" for i in range(len(RUNNABLE))])
+def test_readme_example_runs(code: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_readme_example_output() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNABLE[0]], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split("\n")[:3] == [
+        "1 run.started 1",
+        "2 message.delta 2",
+        "3 run.finished 3",
+    ]
