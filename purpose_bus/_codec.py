@@ -251,9 +251,16 @@ def _literal(tp: Any) -> _Converter:
     return _checked(expected, accepts)
 
 
-def _optional(convert: _Convert) -> _Convert:
+def _optional(convert: _Convert, expected: str) -> _Convert:
     def run(value: Any) -> Any:
-        return None if value is None else convert(value)
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except _Invalid as exc:
+            if exc.path or exc.value is not value:
+                raise  # a problem inside the value: keep its own message
+            raise _Invalid(f"expected {expected}", value, exc.error) from None
 
     return run
 
@@ -276,7 +283,11 @@ def _union(tp: Any) -> _Converter:
     expected = " | ".join(member.expected for member in members)
     if len(args) == 2 and _NONE_TYPE in args:  # Optional[X]: keep X's messages
         inner = members[1 - args.index(_NONE_TYPE)]
-        return _Converter(expected, _optional(inner.encode), _optional(inner.decode))
+        return _Converter(
+            expected,
+            _optional(inner.encode, expected),
+            _optional(inner.decode, expected),
+        )
     encode = _first_of([member.encode for member in members], expected)
     decode = _first_of([member.decode for member in members], expected)
     return _Converter(expected, encode, decode)

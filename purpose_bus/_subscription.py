@@ -172,6 +172,16 @@ class Subscription(Generic[E_co]):
         :raises anyio.ClosedResourceError: after :meth:`close`, also in a task
             that was waiting when another one closed it
         """
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise anyio.EndOfStream from None
+
+    def __aiter__(self) -> Subscription[E_co]:
+        return self
+
+    async def __anext__(self) -> E_co:
+        # The logic of receive() lives here: one coroutine per event when iterating.
         self._streak += 1
         if self._streak < YIELD_INTERVAL:
             await checkpoint_if_cancelled()
@@ -180,19 +190,14 @@ class Subscription(Generic[E_co]):
             await checkpoint()
         while True:
             try:
-                return self.receive_nowait()
+                if self.replaying:
+                    return self._take_replayed()  # type: ignore[return-value]
+                return self._buffer.take()  # type: ignore[return-value]
             except anyio.WouldBlock:
                 self._streak = 0
                 await self._buffer.wait()
-
-    def __aiter__(self) -> Subscription[E_co]:
-        return self
-
-    async def __anext__(self) -> E_co:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
+            except anyio.EndOfStream:
+                raise StopAsyncIteration from None
 
     def statistics(self) -> SubscriptionStatistics:
         """A snapshot of this subscription's counters."""

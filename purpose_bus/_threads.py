@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
+from anyio.lowlevel import checkpoint
 
 from ._events import Event
 from ._exceptions import BusClosed
@@ -35,6 +36,8 @@ __all__ = ["ThreadHandoff"]
 logger = logging.getLogger("purpose_bus")
 
 _Item = tuple[Event, "Future[Event | None] | None"]
+#: The drain yields to the scheduler once per this many events of a batch.
+_YIELD_EVERY = 256
 
 
 class ThreadHandoff:
@@ -43,7 +46,8 @@ class ThreadHandoff:
     def __init__(self, bus: EventBus, size: int) -> None:
         self._bus = bus
         self._size = size
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Item] = deque()  # filled by threads, under the lock
+        self._pending: deque[_Item] = deque()  # being delivered, on the loop
         self._lock = threading.Lock()
         self._not_full = threading.Condition(self._lock)
         self._closed = False
@@ -111,7 +115,10 @@ class ThreadHandoff:
 
     async def close(self) -> None:
         """Deliver what is queued, release blocked threads with
-        :exc:`BusClosed`, stop draining. Called by the bus as it closes."""
+        :exc:`BusClosed`, stop draining. Called by the bus as it closes.
+
+        If the drain task was cancelled with events still queued (its task group
+        was cancelled from outside), they are delivered here, synchronously."""
         with self._lock:
             self._closed = True
             self._not_full.notify_all()
@@ -120,25 +127,31 @@ class ThreadHandoff:
         self._wake()
         self._bus._force_room()
         await self._done.wait()
-        assert self._reader is not None and self._writer is not None
+        with self._lock:
+            self._pending.extend(self._queue)
+            self._queue.clear()
+        while self._pending:
+            self._deliver_now(*self._pending.popleft())
+        assert self._reader is not None
+        assert self._writer is not None
         self._reader.close()
         self._writer.close()
 
     async def _drain(self) -> None:
-        assert self._reader is not None and self._done is not None
+        assert self._reader is not None
+        assert self._done is not None
         try:
             while True:
                 with self._lock:
-                    batch = self._queue
-                    if not batch:
-                        if self._closed:
-                            return
-                        self._sleeping = True
-                    else:
-                        self._queue = deque()
+                    if self._queue:
+                        self._pending, self._queue = self._queue, self._pending
                         self._not_full.notify_all()
-                if batch:
-                    await self._deliver(batch)
+                    elif self._closed:
+                        return
+                    else:
+                        self._sleeping = True
+                if self._pending:
+                    await self._deliver()
                 else:
                     await anyio.wait_readable(self._reader)
                     self._consume_wakeups()
@@ -153,18 +166,45 @@ class ThreadHandoff:
         except BlockingIOError:
             pass
 
-    async def _deliver(self, batch: deque[_Item]) -> None:
-        publish = self._bus._publish_handed_off
-        for event, future in batch:
-            if future is None:
+    async def _deliver(self) -> None:
+        """Deliver the pending batch in order. An item leaves ``_pending`` only
+        once it is delivered, so a cancelled drain leaves the rest to close()."""
+        bus = self._bus
+        pending = self._pending
+        count = 0
+        while pending:
+            count += 1
+            if count % _YIELD_EVERY == 0:
+                await checkpoint()
+            event, future = pending[0]
+            if future is None and not bus._blocking:
+                self._deliver_now(event, None)  # nothing can make it wait
+            else:
                 try:
-                    await publish(event, strict=False)
-                except Exception:
-                    logger.exception(
-                        "could not deliver a %s event from a thread", event.kind
+                    result = await bus._publish_handed_off(
+                        event, strict=future is not None
                     )
-                continue
-            try:
-                future.set_result(await publish(event, strict=True))
-            except Exception as exc:
-                future.set_exception(exc)
+                except Exception as exc:
+                    self._failed(event, future, exc)
+                else:
+                    if future is not None:
+                        future.set_result(result)
+            pending.popleft()
+
+    def _deliver_now(self, event: Event, future: Future[Event | None] | None) -> None:
+        try:
+            result = self._bus._offer(event, strict=future is not None, force=True)
+        except Exception as exc:
+            self._failed(event, future, exc)
+        else:
+            if future is not None:
+                future.set_result(result)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _failed(
+        event: Event, future: Future[Event | None] | None, exc: Exception
+    ) -> None:
+        if future is None:
+            logger.error("could not deliver a %s event", event.kind, exc_info=exc)
+        else:
+            future.set_exception(exc)
