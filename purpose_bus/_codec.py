@@ -25,13 +25,17 @@ Field values are checked against the field annotations, both ways: ``str``,
 ``Optional``, ``Literal``, mappings and ``list``/``tuple``/``Sequence`` (with
 their item types), ``Any``. An annotation of another kind accepts any JSON value.
 ``seq`` and ``offset`` must not be negative. :func:`encode` refuses what
-:func:`decode` would refuse, so whatever it writes can be read back.
+:func:`decode` would refuse, so whatever it writes can be read back (given a
+``max_size`` large enough).
 
 Limits: :func:`decode` refuses input over ``max_size`` bytes (default
-:data:`DEFAULT_MAX_SIZE`, 1 MiB), checked before parsing; nesting is bounded by
-the interpreter's recursion limit (about 1,000 levels). A key repeated in one
-JSON object keeps its last value, as in :func:`json.loads`. There is no pickle
-anywhere: only JSON values go in or come out.
+:data:`DEFAULT_MAX_SIZE`, 1 MiB), checked before parsing; :func:`encode` has no
+size limit. Nesting is bounded by the interpreter's recursion limit, both ways
+(about 1,000 levels, less when called from deep in a call stack); deeper input
+raises :exc:`~purpose_bus.DecodeError`, a deeper or self-containing value
+``ValueError``. A key repeated in one JSON object keeps its last value, as in
+:func:`json.loads`. A lone surrogate in a string is written as a ``\\udXXX``
+escape. There is no pickle anywhere: only JSON values go in or come out.
 """
 
 from __future__ import annotations
@@ -132,11 +136,15 @@ def _finite(value: float) -> float:
     raise _Invalid(f"{value!r} is not JSON-compatible", error=ValueError)
 
 
+def _check_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise _Invalid(f"key {_short(key)} ({type(key).__name__}) is not a string")
+
+
 def _convert_items(value: Mapping[Any, Any], convert: _Convert) -> dict[str, Any]:
     out = {}
     for key, item in value.items():
-        if not isinstance(key, str):
-            raise _Invalid(f"key {_short(key)} ({type(key).__name__}) is not a string")
+        _check_key(key)
         try:
             out[key] = convert(item)
         except _Invalid as exc:
@@ -157,15 +165,36 @@ def _convert_sequence(value: Any, convert: _Convert) -> list[Any]:
 
 
 def _to_json(value: Any) -> Any:
-    """Return *value* as plain JSON data (dicts and lists), or raise _Invalid."""
+    """Return *value* as plain JSON data (dicts and lists), or raise _Invalid.
+
+    The loops of :func:`_convert_items` and :func:`_convert_sequence` are
+    inlined so that each level of nesting costs one frame, as in :mod:`json`'s
+    parser: whatever depth :func:`decode` accepts, :func:`encode` accepts too
+    (from a call stack as shallow).
+    """
     if value is None or isinstance(value, (str, int)):  # int includes bool
         return value
     if isinstance(value, float):
         return _finite(value)
     if isinstance(value, Mapping):
-        return _convert_items(value, _to_json)
+        out = {}
+        for key, item in value.items():
+            _check_key(key)
+            try:
+                out[key] = _to_json(item)
+            except _Invalid as exc:
+                exc.path.append(f"[{key!r}]")
+                raise
+        return out
     if isinstance(value, (list, tuple)):
-        return _convert_sequence(value, _to_json)
+        items = []
+        for index, item in enumerate(value):
+            try:
+                items.append(_to_json(item))
+            except _Invalid as exc:
+                exc.path.append(f"[{index}]")
+                raise
+        return items
     raise _Invalid(f"{type(value).__name__} is not JSON-compatible")
 
 
@@ -348,7 +377,7 @@ def _converter(tp: Any) -> _Converter:
         return _union(tp)
     if origin is Literal:
         return _literal(tp)
-    if origin is None and isinstance(tp, typing.Hashable) and tp in _SCALARS:
+    if origin is None and isinstance(tp, collections.abc.Hashable) and tp in _SCALARS:
         return _SCALARS[tp]
     container = tp if origin is None else origin
     if not isinstance(container, type):
@@ -593,7 +622,7 @@ def _event_class(data: dict[str, Any]) -> type[Event]:
         raise DecodeError(f"unknown kind {_short(kind)}") from None
 
 
-def _names(names: typing.AbstractSet[str]) -> str:
+def _names(names: collections.abc.Set[str]) -> str:
     shown = sorted(names)[:5]
     more = f" (and {len(names) - 5} more)" if len(names) > 5 else ""
     return ", ".join(_short(name) for name in shown) + more
