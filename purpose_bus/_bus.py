@@ -145,9 +145,11 @@ class EventBus:
         try:
             await self.aclose()
         finally:
+            # The task group only runs the bus's own tasks, which never raise:
+            # an exception from the body passes through unwrapped.
             self._task_group.cancel_scope.cancel()
-            suppress = await self._task_group.__aexit__(exc_type, exc, tb)
-        return suppress
+            await self._task_group.__aexit__(None, None, None)
+        return None
 
     async def aclose(self) -> None:
         """Close the bus: new emits raise :exc:`BusClosed`; events already handed
@@ -174,6 +176,7 @@ class EventBus:
         self._indexed.clear()
         self._replaying.clear()
         self._blocking = 0
+        await checkpoint_if_cancelled()
 
     @property
     def closed(self) -> bool:
@@ -463,24 +466,32 @@ class EventBus:
         self._check_open()
         self._subscriptions[subscription] = None
         replay, after = subscription.wants_replay
+        if (after is None and not replay) or (
+            after is not None and after >= self._offset
+        ):
+            return self._go_live(
+                subscription
+            )  # live only, or a cursor from another bus
         history = self._history
-        if after is not None and after >= self._offset:
-            return self._go_live(subscription)
-        if after is None and not replay:
-            return self._go_live(subscription)
-        cursor = after or 0
-        if after is not None and after + 1 < history.oldest:
+        cursor = max(after or 0, history.oldest - 1)
+        if after is not None and after < cursor:
+            # History no longer reaches back to the cursor: count what is missing.
             flt = subscription.filter
-            subscription.lost_in_replay(
-                history.oldest - after - 1,
-                after + 1,
-                history.oldest - 1,
-                flt.single_run or "",
-                next(iter(flt.lane_ids))
-                if flt.lane_ids and len(flt.lane_ids) == 1
-                else "",
+            lanes = flt.lane_ids
+            lost = (
+                subscription.sender.lose
+                if cursor >= history.newest
+                else subscription.lost_in_replay
             )
-            cursor = history.oldest - 1
+            lost(
+                cursor - after,
+                after + 1,
+                cursor,
+                flt.single_run or "",
+                next(iter(lanes)) if lanes is not None and len(lanes) == 1 else "",
+            )
+        if cursor >= history.newest:
+            return self._go_live(subscription)  # nothing left to replay
         subscription.cursor = cursor
         subscription.replaying = True
         self._replaying.add(subscription)

@@ -41,21 +41,23 @@ DEFAULT_HIDDEN_KEYS: frozenset[str] = frozenset(
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
-def _find_key(value: Any, keys: frozenset[str], depth: int = 0) -> str | None:
-    if isinstance(value, _SCALARS) or depth > 100:
-        return None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if isinstance(key, str) and key.casefold() in keys:
-                return key
-            found = _find_key(item, keys, depth + 1)
-            if found is not None:
-                return found
-    elif isinstance(value, Iterable) and isinstance(value, list | tuple):
-        for item in value:
-            found = _find_key(item, keys, depth + 1)
-            if found is not None:
-                return found
+def _find_key(value: Any, keys: frozenset[str]) -> str | None:
+    """The first of *keys* found in *value* at any depth (an explicit stack: no
+    recursion limit to hide behind; containers seen twice are skipped)."""
+    stack = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _SCALARS) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, Mapping):
+            for key in item:
+                if isinstance(key, str) and key.casefold() in keys:
+                    return key
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
     return None
 
 

@@ -101,12 +101,16 @@ class Subscription(Generic[E_co]):
     async def __aenter__(self) -> Subscription[E_co]:
         """Register with the bus.
 
-        :raises BusClosed: if the bus is not open
-        :raises RuntimeError: if this subscription was entered before
+        :raises BusClosed: if the bus is not open (the subscription is closed)
+        :raises RuntimeError: if this subscription was entered or closed before
         """
-        if self._entered:
+        if self._entered or self._closed:
             raise RuntimeError("a subscription can be entered only once")
-        self._bus._register(self)
+        try:
+            self._bus._register(self)
+        except BaseException:
+            self.close()
+            raise
         self._entered = True
         return self
 
@@ -135,7 +139,9 @@ class Subscription(Generic[E_co]):
             self._bus._unregister(self)
 
     def __del__(self) -> None:
-        if getattr(self, "_entered", False) and not self._closed:
+        if getattr(self, "_closed", True):
+            return
+        if self._entered:
             warnings.warn(
                 f"subscription {self._name!r} was never closed: leave its "
                 "'async with' block or call close()",
@@ -143,6 +149,8 @@ class Subscription(Generic[E_co]):
                 stacklevel=1,
                 source=self,
             )
+        # Never entered, or leaked: close the streams so they do not warn too.
+        self._buffer.discard()
 
     # -- receiving ------------------------------------------------------------
 
@@ -194,6 +202,10 @@ class Subscription(Generic[E_co]):
                     return self._take_replayed()  # type: ignore[return-value]
                 return self._buffer.take()  # type: ignore[return-value]
             except anyio.WouldBlock:
+                if not self._entered:
+                    raise RuntimeError(
+                        "enter the subscription ('async with') before receiving"
+                    ) from None
                 self._streak = 0
                 await self._buffer.wait()
             except anyio.EndOfStream:

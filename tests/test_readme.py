@@ -18,7 +18,9 @@ def test_readme_has_runnable_examples() -> None:
     assert len(RUNNABLE) >= 2
 
 
-@pytest.mark.parametrize("code", RUNNABLE, ids=[f"block{i}" for i in range(len(RUNNABLE))])
+@pytest.mark.parametrize(
+    "code", RUNNABLE, ids=[f"block{i}" for i in range(len(RUNNABLE))]
+)
 def test_readme_example_runs(code: str) -> None:
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
