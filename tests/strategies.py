@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
@@ -134,14 +134,16 @@ _EXTRA_FIELDS: dict[type[Event], st.SearchStrategy[dict[str, Any]]] = {
 
 
 def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
-    """Valid JSON-compatible values for a field annotated *annotation* (str, int,
-    float, bool, None, unions, mappings, lists, :class:`Visibility`; anything
-    else gets any JSON value)."""
-    if annotation is type(None) or annotation is None:
-        return st.none()
+    """Valid values for a field annotated *annotation*: str, int, float, bool,
+    None, :class:`Visibility`, unions, text-keyed mappings, ``list[X]`` and
+    ``tuple[X, ...]``; anything else gets any JSON value."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return st.one_of([strategy_for(arg) for arg in typing.get_args(annotation)])
+    if typing.get_origin(annotation) is typing.Literal:
+        return st.sampled_from(typing.get_args(annotation))
     simple: dict[Any, st.SearchStrategy[Any]] = {
+        None: st.none(),
+        type(None): st.none(),
         str: st.text(),
         int: st.integers(-MAX_SAFE_INT, MAX_SAFE_INT),
         float: st.floats(allow_nan=False, allow_infinity=False),
@@ -151,10 +153,13 @@ def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
     if annotation in simple:
         return simple[annotation]
     origin = typing.get_origin(annotation) or annotation
+    args = typing.get_args(annotation)
     if isinstance(origin, type) and issubclass(origin, Mapping):
-        return payloads()
-    if origin is list:
-        return st.lists(json_values(), max_size=4)
+        values = strategy_for(args[1]) if len(args) == 2 else json_values()
+        return st.dictionaries(st.text(max_size=12), values, max_size=5)
+    if origin in (list, tuple, Sequence):
+        lists = st.lists(strategy_for(args[0]) if args else json_values(), max_size=4)
+        return lists.map(tuple) if origin is tuple else lists
     return json_values()
 
 
@@ -188,11 +193,11 @@ def _envelope(
             "visibility": visibilities,
             "seq": counters,
             "offset": counters,
+            "ts": st.floats(0, 4e9),
         },
         optional={
             "payload": payloads(),
             "parent_span_id": st.none() | st.text(max_size=16),
-            "ts": st.floats(0, 4e9, allow_nan=False),
         },
     )
 
@@ -244,4 +249,138 @@ def events(
             )
         )
     envelope = _envelope(run_ids, lane_ids, visibilities, stamped)
-    return st.builds(lambda env, own: cls(**env, **own), envelope, _own_fields(cls))
+    return st.builds(_build, st.just(cls), envelope, _own_fields(cls))
+
+
+def _build(cls: type[E], envelope: dict[str, Any], own: dict[str, Any]) -> E:
+    return cls(**envelope, **own)
+
+
+# -- the bus: events to emit, subscriptions, interleavings ---------------------
+# (appended for tests/test_sender.py, tests/test_filters.py and friends)
+
+#: Run ids for bus tests: few, so that subscriptions and runs collide.
+BUS_RUN_IDS = st.sampled_from(["r1", "r2", "r3"])
+#: Lane ids for bus tests.
+BUS_LANE_IDS = st.sampled_from(["main", "lane-1"])
+#: The classes bus tests emit; terminal ones come up about a third of the time.
+BUS_EVENT_CLASSES: tuple[type[Event], ...] = (
+    MessageDelta,
+    MessageDelta,
+    Log,
+    ToolCall,
+    RunStarted,
+    StepStarted,
+    RunFinished,
+    RunError,
+    RunCancelled,
+)
+_BUS_EXTRA: dict[type[Event], dict[str, Any]] = {
+    MessageDelta: {"text": "t"},
+    Log: {"message": "m"},
+    ToolCall: {"name": "tool"},
+    RunError: {"error": "e"},
+}
+
+
+def _bus_event(
+    cls: type[Event], run_id: str, lane_id: str, visibility: Visibility
+) -> Event:
+    return cls(
+        run_id=run_id, lane_id=lane_id, visibility=visibility, **_BUS_EXTRA.get(cls, {})
+    )
+
+
+def bus_events(
+    *,
+    classes: Sequence[type[Event]] = BUS_EVENT_CLASSES,
+    run_ids: st.SearchStrategy[str] = BUS_RUN_IDS,
+    lane_ids: st.SearchStrategy[str] = BUS_LANE_IDS,
+    visibilities: st.SearchStrategy[Visibility] = VISIBILITIES,
+) -> st.SearchStrategy[Event]:
+    """Small unstamped events that every guard lets through (empty payloads)."""
+    return st.builds(
+        _bus_event, st.sampled_from(classes), run_ids, lane_ids, visibilities
+    )
+
+
+def _one_or_many(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return values | st.lists(values, min_size=1, max_size=2, unique=True)
+
+
+def subscribe_kwargs() -> st.SearchStrategy[dict[str, Any]]:
+    """Keyword arguments for ``EventBus.subscribe``: small buffers, every overflow
+    policy, sometimes gap notices, and filters on run, lane, kind (as a string or
+    a class) and visibility. No replay."""
+    from purpose_bus import Overflow  # (appended: keep the imports above intact)
+
+    kinds = st.sampled_from(
+        [cls.kind for cls in BUS_EVENT_CLASSES] + list(BUS_EVENT_CLASSES)
+    )
+    return st.fixed_dictionaries(
+        {
+            "buffer_size": st.integers(1, 4),
+            "overflow": st.sampled_from(list(Overflow)),
+            "gap_events": st.booleans(),
+            "visibility": VISIBILITIES,
+        },
+        optional={
+            "run_id": _one_or_many(BUS_RUN_IDS),
+            "lane_id": _one_or_many(BUS_LANE_IDS),
+            "kinds": _one_or_many(kinds),
+        },
+    )
+
+
+@attrs.frozen
+class Emit:
+    """Emit *event* (or ``await publish()`` it, if *publish*)."""
+
+    event: Event
+    publish: bool
+
+
+@attrs.frozen
+class Receive:
+    """Receive from subscription number *index* (``await receive()`` if *wait*
+    and something is ready, else ``receive_nowait()``)."""
+
+    index: int
+    wait: bool
+
+
+def bus_operations(
+    subscriptions: int, *, max_size: int = 40
+) -> st.SearchStrategy[list[Emit | Receive]]:
+    """Interleavings of emits and receives over *subscriptions* subscriptions."""
+    emits = st.builds(Emit, bus_events(), st.booleans())
+    receives = st.builds(Receive, st.integers(0, subscriptions - 1), st.booleans())
+    return st.lists(st.one_of(emits, emits, receives), max_size=max_size)
+
+
+def _as_set(value: Any) -> set[Any]:
+    return {value} if isinstance(value, str | type) else set(value)
+
+
+def matches_kwargs(kwargs: Mapping[str, Any], event: Event) -> bool:
+    """Whether *event* matches ``subscribe(**kwargs)``, worked out from DESIGN.md
+    without the library's own filter: each given filter is one value or a
+    collection, ``kinds`` holds kind strings or classes (a class stands for its
+    own kind), and a subscriber at visibility L sees events at L or below."""
+    if event.visibility > kwargs.get("visibility", Visibility.PUBLIC):
+        return False
+    if "run_id" in kwargs and event.run_id not in _as_set(kwargs["run_id"]):
+        return False
+    if "lane_id" in kwargs and event.lane_id not in _as_set(kwargs["lane_id"]):
+        return False
+    if "kinds" in kwargs:
+        kinds = {k if isinstance(k, str) else k.kind for k in _as_set(kwargs["kinds"])}
+        if event.kind not in kinds:
+            return False
+    return True
+
+
+def single_run(kwargs: Mapping[str, Any]) -> str | None:
+    """The run ``subscribe(**kwargs)`` is scoped to, if exactly one."""
+    runs = _as_set(kwargs.get("run_id", ()))
+    return runs.pop() if len(runs) == 1 else None

@@ -1,0 +1,82 @@
+"""Tests of the demo (``python -m purpose_bus demo``): it runs on both backends
+and its table shows what the README promises."""
+
+from __future__ import annotations
+
+import pytest
+
+from purpose_bus._demo import DELTAS, LANES, STEPS, DemoRow, main, run_demo
+
+#: run-1's PUBLIC events: its start and end, and per lane a start, an end and per
+#: step a start, a tool call, a tool result, the deltas and an end.
+PUBLIC_PER_RUN = 2 + len(LANES) * (2 + STEPS * (4 + DELTAS))
+#: Each run's INTERNAL events besides: one reasoning summary per step.
+INTERNAL_PER_RUN = PUBLIC_PER_RUN + len(LANES) * STEPS
+
+
+def by_name(rows: list[DemoRow]) -> dict[str, DemoRow]:
+    return {row.name.split(" ")[0]: row for row in rows[:-1]}
+
+
+class TestDemo:
+    @pytest.mark.parametrize("slow_delay", [0.0, 0.0001])
+    async def test_the_table(self, slow_delay: float) -> None:
+        rows = await run_demo(slow_delay=slow_delay)
+        assert len(rows) == 5
+        table = by_name(rows)
+        assert set(table) == {"ui", "slow", "auditor", "late"}
+        ui, slow, auditor, late = (
+            table["ui"],
+            table["slow"],
+            table["auditor"],
+            table["late"],
+        )
+        # The fast UI lost nothing and saw its run end.
+        assert (ui.delivered, ui.dropped, ui.buffered) == (PUBLIC_PER_RUN, 0, 0)
+        assert ui.terminal_seen == "run.finished"
+        # The slow subscriber may drop, but never the terminal event, and it
+        # accounts for every event of its run.
+        assert slow.terminal_seen == "run.finished"
+        assert slow.delivered + slow.dropped + slow.buffered == PUBLIC_PER_RUN
+        assert (slow.notices > 0) == (slow.dropped > 0)
+        # The BLOCK auditor lost nothing and saw both runs end.
+        assert auditor.dropped == 0
+        assert auditor.delivered == 2 * INTERNAL_PER_RUN
+        assert sorted(auditor.terminal_seen.split(", ")) == [
+            "run.error",
+            "run.finished",
+        ]
+        # The late joiner replayed the whole finished run.
+        assert late.delivered == ui.delivered
+        assert late.dropped == 0
+        assert late.terminal_seen == "run.finished"
+        # The bus: both runs' events accepted, the hidden reasoning rejected.
+        assert rows[-1].name == (f"bus: emitted {2 * INTERNAL_PER_RUN}, rejected 2")
+
+
+class TestMain:
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_main_prints_the_table(
+        self, backend: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        assert main(["demo", "--backend", backend]) == 0
+        out = capsys.readouterr().out
+        assert f"purpose_bus demo on {backend}" in out
+        header = next(line for line in out.splitlines() if "subscriber" in line)
+        for column in ("delivered", "dropped", "buffered", "gap notices"):
+            assert column in header
+        for name in ("ui (fast)", "slow (drops)", "auditor (BLOCK)", "late joiner"):
+            assert name in out
+        assert "run.finished" in out
+        assert "run.error" in out
+        assert f"bus: emitted {2 * INTERNAL_PER_RUN}, rejected 2" in out
+
+    def test_main_defaults_to_asyncio(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["demo"]) == 0
+        assert "purpose_bus demo on asyncio" in capsys.readouterr().out
+
+    def test_main_needs_a_command(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as info:
+            main([])
+        assert info.value.code == 2
+        assert "demo" in capsys.readouterr().err

@@ -1,0 +1,518 @@
+"""Tests of :class:`purpose_bus.Subscription`: registration, receiving, how it
+ends, closing, leaks, fairness and cancellation."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.lowlevel import checkpoint
+
+from purpose_bus import (
+    YIELD_INTERVAL,
+    BusClosed,
+    Event,
+    EventBus,
+    Log,
+    MessageDelta,
+    Overflow,
+    RunError,
+    RunFinished,
+    RunStarted,
+    Subscription,
+    SubscriptionStatistics,
+)
+
+
+def delta(text: str = "x", run_id: str = "r1", lane_id: str = "main") -> MessageDelta:
+    return MessageDelta(run_id=run_id, lane_id=lane_id, text=text)
+
+
+def drain(sub: Subscription[Event]) -> list[Event]:
+    """Everything *sub* can hand out without waiting."""
+    events: list[Event] = []
+    while True:
+        try:
+            events.append(sub.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return events
+
+
+def texts(events: list[Event]) -> list[str]:
+    return [e.text for e in events if isinstance(e, MessageDelta)]
+
+
+def resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+class TestSubscription:
+    # -- registration ---------------------------------------------------------
+
+    async def test_registered_when_entered(self) -> None:
+        async with EventBus() as bus:
+            sub = bus.subscribe(name="s")
+            try:
+                bus.emit(delta("before"))
+                assert bus.statistics().subscriptions == ()
+                async with sub:
+                    assert [s.name for s in bus.statistics().subscriptions] == ["s"]
+                    bus.emit(delta("after"))
+                    assert texts(drain(sub)) == ["after"]
+            finally:
+                sub.close()
+
+    async def test_events_before_the_first_iteration_are_not_lost(self) -> None:
+        received: list[Event] = []
+        async with EventBus() as bus, bus.subscribe(run_id="r1") as sub:
+            bus.emit(delta("1"))
+            await bus.publish(delta("2"))
+
+            async def producer() -> None:
+                bus.emit(delta("3"))
+                bus.emit(RunFinished(run_id="r1"))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(producer)
+                await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                async for event in sub:
+                    received.append(event)
+        assert texts(received) == ["1", "2", "3"]
+        assert received[-1].kind == "run.finished"
+
+    async def test_events_arrive_in_offset_order_each_once(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            for index in range(50):
+                bus.emit(delta(str(index), run_id=f"r{index % 3}"))
+            events = drain(sub)
+        assert [e.offset for e in events] == list(range(1, 51))
+
+    async def test_entering_twice_raises_runtime_error(self) -> None:
+        async with EventBus() as bus:
+            sub = bus.subscribe()
+            async with sub:
+                with pytest.raises(RuntimeError):
+                    await sub.__aenter__()
+            with pytest.raises(RuntimeError):
+                async with sub:
+                    pass  # pragma: no cover
+            assert bus.statistics().subscriptions == ()
+
+    async def test_entering_on_a_closed_bus_raises_and_leaves_nothing(self) -> None:
+        # An unentered subscription is not a resource: nothing may warn about it.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with EventBus() as bus:
+                pass
+            sub = bus.subscribe()
+            with pytest.raises(BusClosed):
+                async with sub:
+                    pass  # pragma: no cover
+            del sub
+            gc.collect()
+        assert resource_warnings(caught) == []
+
+    async def test_a_subscription_never_entered_leaves_nothing(self) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with EventBus() as bus:
+                sub = bus.subscribe()
+                bus.emit(delta())
+                assert bus.statistics().subscriptions == ()
+                del sub
+                gc.collect()
+        assert resource_warnings(caught) == []
+
+    async def test_closed_before_entering_never_registers(self) -> None:
+        # close() is documented as safe before entering; entering afterwards
+        # must not leave a dead subscription that breaks the producers.
+        async with EventBus() as bus:
+            sub = bus.subscribe()
+            sub.close()
+            try:
+                await sub.__aenter__()
+            except (RuntimeError, anyio.ClosedResourceError):
+                pass  # refusing to enter is fine
+            else:
+                try:
+                    bus.emit(delta("inside"))
+                    with pytest.raises(anyio.ClosedResourceError):
+                        sub.receive_nowait()
+                finally:
+                    await sub.__aexit__(None, None, None)
+            bus.emit(delta("after"))
+            assert bus.statistics().subscriptions == ()
+
+    # -- receiving ------------------------------------------------------------
+
+    async def test_receive_nowait_raises_would_block_then_end_of_stream(self) -> None:
+        async with EventBus() as bus, bus.subscribe(run_id="r1") as sub:
+            with pytest.raises(anyio.WouldBlock):
+                sub.receive_nowait()
+            bus.emit(delta("1"))
+            bus.emit(RunFinished(run_id="r1"))
+            assert texts([sub.receive_nowait()]) == ["1"]
+            assert sub.receive_nowait().kind == "run.finished"
+            with pytest.raises(anyio.EndOfStream):
+                sub.receive_nowait()
+            with pytest.raises(anyio.EndOfStream):
+                await sub.receive()
+
+    async def test_receive_waits_for_an_event(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            received: list[Event] = []
+
+            async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                task_status.started()
+                received.append(await sub.receive())
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    await tg.start(consumer)
+                    await anyio.wait_all_tasks_blocked()
+                    assert received == []
+                    bus.emit(delta("1"))
+            assert texts(received) == ["1"]
+
+    async def test_receive_is_a_cancellation_point_on_the_fast_path(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta("1"))
+            # More calls than YIELD_INTERVAL: every one of them checks.
+            for _ in range(2 * YIELD_INTERVAL + 1):
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await sub.receive()
+                    pytest.fail("receive() did not raise the cancellation")
+                assert scope.cancelled_caught
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                async for _event in sub:
+                    pytest.fail("iteration did not raise the cancellation")
+            assert scope.cancelled_caught
+            assert sub.statistics().buffered == 1
+            assert texts(drain(sub)) == ["1"]
+
+    async def test_cancelled_receive_loses_nothing(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(sub.receive)
+                    await anyio.wait_all_tasks_blocked()
+                    tg.cancel_scope.cancel()
+            bus.emit(delta("1"))
+            assert texts([await sub.receive()]) == ["1"]
+            assert sub.statistics().delivered == 1
+
+    async def test_receive_yields_to_the_scheduler_at_bounded_intervals(self) -> None:
+        windows = 10
+        ticks = 0
+        seen: list[int] = []
+
+        async def counter() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await checkpoint()
+
+        async with EventBus() as bus, bus.subscribe() as sub:
+            for index in range(YIELD_INTERVAL * windows):
+                bus.emit(delta(str(index)))
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(counter)
+                    for _ in range(windows):
+                        for _ in range(YIELD_INTERVAL):
+                            await sub.receive()
+                        seen.append(ticks)
+                    tg.cancel_scope.cancel()
+        # Every window of YIELD_INTERVAL receives gave the counter a turn (the
+        # scheduler may run it just after the window in which it was woken).
+        for window, count in enumerate(seen, 1):
+            assert count >= window - 1, seen
+        assert seen[-1] >= windows - 1
+
+    # -- how it ends ----------------------------------------------------------
+
+    @pytest.mark.parametrize("run_id", ["r1", ["r1"], ("r1",), frozenset({"r1"})])
+    async def test_a_run_scoped_subscription_ends_after_the_terminal_event(
+        self, run_id: str | list[str]
+    ) -> None:
+        async with EventBus() as bus, bus.subscribe(run_id=run_id) as sub:
+            bus.emit(RunStarted(run_id="r1"))
+            bus.emit(delta("1"))
+            bus.emit(delta("other", run_id="r2"))
+            bus.emit(RunError(run_id="r1", error="boom"))
+            bus.emit(delta("other", run_id="r2"))
+            with anyio.fail_after(5):
+                kinds = [e.kind async for e in sub]
+            assert kinds == ["run.started", "message.delta", "run.error"]
+            assert len(bus.statistics().subscriptions) == 1  # until it is left
+
+    async def test_a_run_scoped_subscription_waits_for_its_terminal_event(
+        self,
+    ) -> None:
+        received: list[str] = []
+        async with EventBus() as bus, bus.subscribe(run_id="r1") as sub:
+
+            async def consumer() -> None:
+                async for event in sub:
+                    received.append(event.kind)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(consumer)
+                    bus.emit(RunStarted(run_id="r1"))
+                    await anyio.wait_all_tasks_blocked()
+                    assert received == ["run.started"]
+                    bus.emit(RunFinished(run_id="r2"))  # another run's end
+                    await anyio.wait_all_tasks_blocked()
+                    assert received == ["run.started"]
+                    bus.emit(RunFinished(run_id="r1"))
+        assert received == ["run.started", "run.finished"]
+
+    async def test_a_run_scoped_subscription_ends_even_if_it_filters_out_the_end(
+        self,
+    ) -> None:
+        async with EventBus() as bus, bus.subscribe(run_id="r1", kinds=Log) as sub:
+            bus.emit(Log(run_id="r1", message="m"))
+            bus.emit(RunFinished(run_id="r1"))
+            with anyio.fail_after(5):
+                assert [e.kind async for e in sub] == ["log"]
+
+    async def test_a_multi_run_subscription_outlives_one_runs_end(self) -> None:
+        async with EventBus() as bus, bus.subscribe(run_id=["r1", "r2"]) as sub:
+            bus.emit(RunFinished(run_id="r1"))
+            bus.emit(delta("1", run_id="r2"))
+            assert [e.kind for e in drain(sub)] == ["run.finished", "message.delta"]
+            with pytest.raises(anyio.WouldBlock):
+                sub.receive_nowait()
+
+    async def test_subscribing_to_a_finished_run_ends_at_once(self) -> None:
+        async with EventBus() as bus:
+            bus.emit(delta("1"))
+            bus.emit(RunFinished(run_id="r1"))
+            async with bus.subscribe(run_id="r1") as sub:
+                with anyio.fail_after(5):
+                    assert [e async for e in sub] == []
+                with pytest.raises(anyio.EndOfStream):
+                    sub.receive_nowait()
+
+    # -- close ----------------------------------------------------------------
+
+    async def test_close_discards_the_buffer_and_counts_it_as_dropped(self) -> None:
+        async with EventBus() as bus, bus.subscribe(name="s") as sub:
+            for index in range(3):
+                bus.emit(delta(str(index)))
+            assert texts([await sub.receive()]) == ["0"]
+            sub.close()
+            assert bus.statistics().subscriptions == ()
+            stats = sub.statistics()
+            assert (stats.delivered, stats.dropped, stats.buffered) == (1, 2, 0)
+            assert bus.statistics().dropped == 2
+            with pytest.raises(anyio.ClosedResourceError):
+                await sub.receive()
+            with pytest.raises(anyio.ClosedResourceError):
+                sub.receive_nowait()
+            with pytest.raises(anyio.ClosedResourceError):
+                async for _event in sub:
+                    pass  # pragma: no cover
+            bus.emit(delta("later"))
+            assert sub.statistics() == stats
+            sub.close()  # idempotent
+            assert sub.statistics() == stats
+
+    async def test_close_wakes_a_task_waiting_in_receive(self) -> None:
+        raised: list[BaseException] = []
+        async with EventBus() as bus, bus.subscribe() as sub:
+
+            async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                task_status.started()
+                try:
+                    await sub.receive()
+                except anyio.ClosedResourceError as exc:
+                    raised.append(exc)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    await tg.start(consumer)
+                    await anyio.wait_all_tasks_blocked()
+                    sub.close()
+        assert len(raised) == 1
+
+    async def test_close_inside_iteration(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta("1"))
+            bus.emit(delta("2"))
+
+            async def consume() -> None:
+                async for _event in sub:
+                    sub.close()
+
+            with pytest.raises(anyio.ClosedResourceError):
+                await consume()
+            assert sub.statistics().dropped == 1
+
+    # -- unregistering --------------------------------------------------------
+
+    async def test_unregistered_at_once_on_normal_exit(self) -> None:
+        async with EventBus() as bus:
+            async with bus.subscribe(run_id="r1") as sub:
+                bus.emit(delta())
+            assert bus.statistics().subscriptions == ()
+            bus.emit(delta())
+            assert sub.statistics().dropped == 1  # the one left in its buffer
+            assert sub.statistics().buffered == 0
+
+    async def test_unregistered_at_once_on_exception(self) -> None:
+        async with EventBus() as bus:
+            with pytest.raises(KeyError):
+                async with bus.subscribe():
+                    raise KeyError("boom")
+            assert bus.statistics().subscriptions == ()
+
+    async def test_unregistered_at_once_on_cancellation(self) -> None:
+        async with EventBus() as bus:
+            with anyio.fail_after(5), anyio.CancelScope() as scope:
+                async with bus.subscribe() as sub:
+                    scope.cancel()
+                    await sub.receive()
+            assert scope.cancelled_caught
+            assert bus.statistics().subscriptions == ()
+
+    async def test_unregistered_when_its_task_is_cancelled_while_waiting(
+        self,
+    ) -> None:
+        async with EventBus() as bus:
+
+            async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                async with bus.subscribe(run_id="r1") as sub:
+                    task_status.started()
+                    await sub.receive()
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    await tg.start(consumer)
+                    await anyio.wait_all_tasks_blocked()
+                    assert len(bus.statistics().subscriptions) == 1
+                    tg.cancel_scope.cancel()
+            assert bus.statistics().subscriptions == ()
+
+    async def test_no_leak_over_many_cycles(self) -> None:
+        cycles = 2000
+
+        async def normal(bus: EventBus, run_id: str) -> None:
+            async with bus.subscribe(run_id=run_id) as sub:
+                bus.emit(delta(run_id=run_id))
+                await sub.receive()
+
+        async def failing(bus: EventBus, run_id: str) -> None:
+            async with bus.subscribe(run_id=[run_id, "x"]):
+                bus.emit(delta(run_id=run_id))
+                raise KeyError(run_id)
+
+        async def cancelled(bus: EventBus) -> None:
+            with anyio.CancelScope() as scope:
+                async with bus.subscribe(overflow=Overflow.BLOCK) as sub:
+                    scope.cancel()
+                    await sub.receive()
+
+        async def waiter(
+            bus: EventBus, run_id: str, *, task_status: anyio.abc.TaskStatus[None]
+        ) -> None:
+            async with bus.subscribe(run_id=run_id) as sub:
+                task_status.started()
+                await sub.receive()
+
+        async with EventBus(history_size=10) as bus:
+            with anyio.fail_after(30):
+                for index in range(cycles):
+                    run_id = f"r{index % 7}"
+                    mode = index % 4
+                    if mode == 0:
+                        await normal(bus, run_id)
+                    elif mode == 1:
+                        with pytest.raises(KeyError):
+                            await failing(bus, run_id)
+                    elif mode == 2:
+                        await cancelled(bus)
+                    else:
+                        async with anyio.create_task_group() as tg:
+                            await tg.start(waiter, bus, run_id)
+                            tg.cancel_scope.cancel()
+            assert bus.statistics().subscriptions == ()
+            # No subscription left behind to deliver to, or to block on.
+            bus.emit(delta())
+            stats = bus.statistics()
+            assert stats.subscriptions == ()
+            assert stats.emitted == cycles // 2 + 1
+
+    async def test_an_unclosed_subscription_warns_when_collected(self) -> None:
+        bus = EventBus()
+        async with bus:
+            sub = bus.subscribe(name="leaky")
+            await sub.__aenter__()
+            bus.emit(delta())
+        # The bus holds it until it is unregistered: drop both, then collect.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del sub, bus
+            gc.collect()
+        messages = resource_warnings(caught)
+        assert any("leaky" in message for message in messages), messages
+
+    async def test_a_closed_subscription_does_not_warn(self) -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with EventBus() as bus:
+                async with bus.subscribe() as sub:
+                    bus.emit(delta())
+                bus.emit(delta())
+            del sub, bus
+            gc.collect()
+        assert resource_warnings(caught) == []
+
+    # -- typing ---------------------------------------------------------------
+
+    async def test_kinds_with_one_class_types_the_subscription(self) -> None:
+        async with EventBus() as bus:
+            sub: Subscription[MessageDelta] = bus.subscribe(kinds=MessageDelta)
+            async with sub:
+                bus.emit(Log(run_id="r1", message="m"))
+                bus.emit(delta("typed"))
+                event = sub.receive_nowait()
+                text: str = event.text  # mypy checks this attribute
+            assert text == "typed"
+
+
+class TestSubscriptionStatistics:
+    async def test_defaults_come_from_the_bus(self) -> None:
+        async with (
+            EventBus(buffer_size=7, overflow=Overflow.DROP_NEWEST) as bus,
+            bus.subscribe() as default,
+            bus.subscribe(buffer_size=3, overflow=Overflow.BLOCK) as custom,
+        ):
+            assert default.statistics().buffer_size == 7
+            assert default.statistics().overflow is Overflow.DROP_NEWEST
+            assert custom.statistics().buffer_size == 3
+            assert custom.statistics().overflow is Overflow.BLOCK
+
+    async def test_counters(self) -> None:
+        async with EventBus() as bus, bus.subscribe(name="s", buffer_size=2) as sub:
+            assert sub.statistics() == SubscriptionStatistics(
+                name="s",
+                buffered=0,
+                buffer_size=2,
+                delivered=0,
+                dropped=0,
+                overflow=Overflow.DROP_OLDEST,
+            )
+            for index in range(4):
+                bus.emit(delta(str(index)))
+            await sub.receive()
+            stats = sub.statistics()
+            assert (stats.delivered, stats.dropped, stats.buffered) == (1, 2, 1)
+            assert stats.delivered + stats.dropped + stats.buffered == 4
