@@ -15,11 +15,12 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from ._events import Event, EventsDropped, Visibility, stamped
+from ._events import Event, EventsDropped, Visibility, _stampers, stamper
 from ._exceptions import BusClosed, EventRejected
 from ._filters import EventFilter, KindsArg, StrArg, make_filter
 from ._guards import Guard, reject_hidden_reasoning
 from ._history import History
+from ._index import SubscriberIndex
 from ._overflow import Overflow
 from ._statistics import BusStatistics
 from ._subscription import YIELD_INTERVAL, Subscription
@@ -107,11 +108,8 @@ class EventBus:
         self._seqs: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._subscriptions: dict[Subscription[Event], None] = {}
-        self._by_run: dict[str, tuple[Subscription[Event], ...]] = {}
-        self._any_run: tuple[Subscription[Event], ...] = ()
-        self._indexed: set[Subscription[Event]] = set()
+        self._index = SubscriberIndex()
         self._replaying: set[Subscription[Event]] = set()
-        self._blocking = 0
         self._rejected = 0
         self._rejected_lock = threading.Lock()
         self._dropped_by_closed = 0
@@ -171,11 +169,8 @@ class EventBus:
         self._state = _CLOSED
         for subscription in self._subscriptions:
             subscription.sender.end()
-        self._by_run = {}
-        self._any_run = ()
-        self._indexed.clear()
+        self._index.clear()
         self._replaying.clear()
-        self._blocking = 0
         await checkpoint_if_cancelled()
 
     @property
@@ -205,10 +200,13 @@ class EventBus:
             self._handoff.put(event)
             return
         self._check(event)
-        if self._guarded(event) is None:
+        if self._guards and self._guarded(event) is None:
             return
-        if isinstance(self._offer(event, strict=True, force=False), Subscription):
-            raise anyio.WouldBlock
+        if self._index.blocking or event.run_id in self._finished:
+            if isinstance(self._offer(event, strict=True, force=False), Subscription):
+                raise anyio.WouldBlock
+        else:
+            self._accept(event, None)
 
     async def publish(self, event: Event) -> Event | None:
         """Accept *event* like :meth:`emit` and return the stamped event, or
@@ -267,7 +265,7 @@ class EventBus:
 
     def _force_room(self) -> None:
         """Wake every publisher waiting for room (the bus is closing)."""
-        for subscription in self._indexed:
+        for subscription in self._index:
             subscription.sender.wake_room(force=True)
 
     def _offer(
@@ -280,7 +278,7 @@ class EventBus:
         if event.run_id in self._finished:
             self._reject(event, f"run {event.run_id!r} has already ended", strict)
             return None
-        if not self._blocking:
+        if not self._index.blocking:
             return self._accept(event, None)
         targets = self._targets(event)
         if not force:
@@ -326,8 +324,8 @@ class EventBus:
         )
 
     def _targets(self, event: Event) -> list[Subscription[Event]]:
-        subscriptions = self._by_run.get(event.run_id, ()) + self._any_run
-        return [s for s in subscriptions if s.filter.matches(event)]
+        candidates = self._index.candidates(event.run_id)
+        return [subscription for match, _, subscription in candidates if match(event)]
 
     def _accept(
         self, event: Event, targets: Iterable[Subscription[Event]] | None
@@ -343,14 +341,17 @@ class EventBus:
         seq = lanes.get(event.lane_id, 0) + 1
         lanes[event.lane_id] = seq
         self._offset += 1
-        event = stamped(event, seq, self._offset)
+        stamp = _stampers.get(type(event))
+        if stamp is None:
+            stamp = stamper(type(event))
+        event = stamp(event, seq, self._offset)
         evicted = self._history.append(event)
         if evicted is not None and self._replaying:
             self._lost_from_history(evicted)
         if targets is None:
-            for subscription in self._by_run.get(run_id, ()) + self._any_run:
-                if subscription.filter.matches(event):
-                    subscription.sender.offer(event)
+            for match, sender, _ in self._index.candidates(run_id):
+                if match(event):
+                    sender.offer(event)
         else:
             for subscription in targets:
                 subscription.sender.offer(event)
@@ -363,10 +364,10 @@ class EventBus:
         self._finished[run_id] = None
         if len(self._finished) > self._max_runs:
             self._finished.popitem(last=False)
-        for subscription in self._by_run.get(run_id, ()):
+        for _, sender, subscription in self._index.bucket(run_id):
             if subscription.filter.single_run == run_id:
-                subscription.sender.end()
-                self._unindex(subscription)
+                sender.end()
+                self._index.remove(subscription)
 
     def _lost_from_history(self, event: Event) -> None:
         for subscription in self._replaying:
@@ -503,36 +504,11 @@ class EventBus:
         if self._state != _OPEN or (run_id is not None and run_id in self._finished):
             subscription.sender.end()
             return
-        self._indexed.add(subscription)
-        run_ids = subscription.filter.run_ids
-        if run_ids is None:
-            self._any_run = (*self._any_run, subscription)
-        else:
-            for run in run_ids:
-                self._by_run[run] = (*self._by_run.get(run, ()), subscription)
-        if subscription.sender.policy is Overflow.BLOCK:
-            self._blocking += 1
-
-    def _unindex(self, subscription: Subscription[Event]) -> None:
-        if subscription not in self._indexed:
-            return
-        self._indexed.discard(subscription)
-        run_ids = subscription.filter.run_ids
-        if run_ids is None:
-            self._any_run = tuple(s for s in self._any_run if s is not subscription)
-        else:
-            for run in run_ids:
-                rest = tuple(s for s in self._by_run[run] if s is not subscription)
-                if rest:
-                    self._by_run[run] = rest
-                else:
-                    del self._by_run[run]
-        if subscription.sender.policy is Overflow.BLOCK:
-            self._blocking -= 1
+        self._index.add(subscription)
 
     def _unregister(self, subscription: Subscription[Event]) -> None:
         self._replaying.discard(subscription)
-        self._unindex(subscription)
+        self._index.remove(subscription)
         if subscription in self._subscriptions:
             del self._subscriptions[subscription]
             self._dropped_by_closed += subscription.sender.dropped

@@ -143,37 +143,47 @@ class Event:
         _register(cls)
 
 
+def _slot_setter(cls: type[Event], name: str) -> Callable[[Event, Any], None]:
+    for klass in cls.__mro__:
+        descriptor = klass.__dict__.get(name)
+        if descriptor is not None and hasattr(descriptor, "__set__"):
+            return descriptor.__set__  # type: ignore[no-any-return]
+    return lambda obj, value: object.__setattr__(obj, name, value)
+
+
 def _copier(cls: type[Event]) -> Callable[[Event, int, int], Event]:
-    names = [a.name for a in attrs.fields(cls) if a.name not in ("seq", "offset")]
-    new = object.__new__
-    setattr_ = object.__setattr__
+    """Generate ``stamp(event, seq, offset)`` for *cls*: a new instance whose slots
+    are set directly (attrs' frozen ``__setattr__`` and ``__init__`` bypassed)."""
+    names = [a.name for a in attrs.fields(cls)]
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    lines = ["def stamp(event, seq, offset):", "    copy = new(cls)"]
+    for index, name in enumerate(names):
+        namespace[f"set{index}"] = _slot_setter(cls, name)
+        value = name if name in ("seq", "offset") else f"event.{name}"
+        lines.append(f"    set{index}(copy, {value})")
+    lines.append("    return copy")
+    exec("\n".join(lines), namespace)  # noqa: S102  (generated from field names)
+    return namespace["stamp"]  # type: ignore[no-any-return]
 
-    def stamp(event: Event, seq: int, offset: int) -> Event:
-        copy = new(cls)
-        for name in names:
-            setattr_(copy, name, getattr(event, name))
-        setattr_(copy, "seq", seq)
-        setattr_(copy, "offset", offset)
-        return copy
 
+_stampers: dict[type[Event], Callable[[Event, int, int], Event]] = {}
+
+
+def stamper(cls: type[Event]) -> Callable[[Event, int, int], Event]:
+    """The (cached) function that stamps events of *cls*: see :func:`stamped`."""
+    stamp = _stampers.get(cls)
+    if stamp is None:
+        stamp = _stampers[cls] = _copier(cls)
     return stamp
-
-
-_copiers: dict[type[Event], Callable[[Event, int, int], Event]] = {}
 
 
 def stamped(event: E, seq: int, offset: int) -> E:
     """Return a copy of *event* with *seq* and *offset* set; *event* is untouched.
 
     Equivalent to ``attrs.evolve(event, seq=seq, offset=offset)`` without running
-    ``__init__`` again, which makes it about twice as fast.
+    ``__init__`` again, which makes it several times faster.
     """
-    cls = type(event)
-    try:
-        copier = _copiers[cls]
-    except KeyError:
-        copier = _copiers[cls] = _copier(cls)
-    return copier(event, seq, offset)  # type: ignore[return-value]
+    return stamper(type(event))(event, seq, offset)  # type: ignore[return-value]
 
 
 # -- the built-in vocabulary of an agent run ----------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -73,6 +73,26 @@ class EventFilter:
         if self.run_ids is not None and len(self.run_ids) == 1:
             return next(iter(self.run_ids))
         return None
+
+    def matcher(self, *, skip_run: bool = False) -> Callable[[Event], bool]:
+        """A function equivalent to :meth:`matches`, specialised to the conditions
+        this filter has (the run condition left out if *skip_run*: the caller
+        has checked it already, as the bus's run index does)."""
+        level = self.visibility
+        lanes = self.lane_ids
+        kinds = self.kinds
+        if self.run_ids is not None and not skip_run:
+            return self.matches
+        if lanes is None and kinds is None:
+            return lambda event: event.visibility <= level
+        if kinds is None:
+            assert lanes is not None
+            return lambda event: event.visibility <= level and event.lane_id in lanes
+        if lanes is None:
+            return lambda event: event.visibility <= level and event.kind in kinds
+        return lambda event: (
+            event.visibility <= level and event.lane_id in lanes and event.kind in kinds
+        )
 
     def matches(self, event: Event) -> bool:
         """Whether *event* passes every condition."""

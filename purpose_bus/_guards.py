@@ -7,6 +7,7 @@ reason to reject it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -39,6 +40,7 @@ DEFAULT_HIDDEN_KEYS: frozenset[str] = frozenset(
 )
 
 _SCALARS = (str, bytes, int, float, bool, type(None))
+_SCALAR_TYPES = frozenset(_SCALARS)
 
 
 def _find_key(value: Any, keys: frozenset[str]) -> str | None:
@@ -72,23 +74,23 @@ def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
     folded = frozenset(key.casefold() for key in keys)
     if not folded:
         raise ValueError("hidden_reasoning_guard needs at least one key")
-    names_by_class: dict[type[Event], tuple[str, ...]] = {}
+    fields_of: dict[type[Event], tuple[tuple[str, ...], Callable[[Event], Any]]] = {}
 
     def guard(event: Event) -> str | None:
         cls = type(event)
-        names = names_by_class.get(cls)
-        if names is None:
+        found = fields_of.get(cls)
+        if found is None:
             names = tuple(a.name for a in attrs.fields(cls))
-            names_by_class[cls] = names
-        for name in names:
-            value = getattr(event, name)
-            if isinstance(value, _SCALARS):
-                continue
+            found = fields_of[cls] = (names, attrgetter(*names))
+        names, values = found
+        for index, value in enumerate(values(event)):
+            if type(value) in _SCALAR_TYPES or not value:
+                continue  # the common case: a scalar, or an empty payload
             key = _find_key(value, folded)
             if key is not None:
                 return (
-                    f"{event.kind} event carries hidden reasoning ({name} key "
-                    f"{key!r}); publish a ReasoningSummary instead"
+                    f"{event.kind} event carries hidden reasoning ({names[index]} "
+                    f"key {key!r}); publish a ReasoningSummary instead"
                 )
         return None
 

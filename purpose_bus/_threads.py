@@ -177,7 +177,7 @@ class ThreadHandoff:
             if count % _YIELD_EVERY == 0:
                 await checkpoint()
             event, future = pending[0]
-            if future is None and not bus._blocking:
+            if future is None and not bus._index.blocking:
                 self._deliver_now(event, None)  # nothing can make it wait
             else:
                 try:
