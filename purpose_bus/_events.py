@@ -162,7 +162,7 @@ def _copier(cls: type[Event]) -> Callable[[Event, int, int], Event]:
         value = name if name in ("seq", "offset") else f"event.{name}"
         lines.append(f"    set{index}(copy, {value})")
     lines.append("    return copy")
-    exec("\n".join(lines), namespace)  # noqa: S102  (generated from field names)
+    exec("\n".join(lines), namespace)  # the code is built from attrs field names
     return namespace["stamp"]  # type: ignore[no-any-return]
 
 
