@@ -36,6 +36,7 @@ from ._guards import DEFAULT_HIDDEN_KEYS as DEFAULT_HIDDEN_KEYS
 from ._guards import Guard as Guard
 from ._guards import hidden_reasoning_guard as hidden_reasoning_guard
 from ._guards import reject_hidden_reasoning as reject_hidden_reasoning
+from ._merge import parallel_merge as parallel_merge
 from ._overflow import Overflow as Overflow
 from ._statistics import BusStatistics as BusStatistics
 from ._statistics import SubscriptionStatistics as SubscriptionStatistics
@@ -77,6 +78,7 @@ __all__ = [
     "encode",
     "event_class",
     "hidden_reasoning_guard",
+    "parallel_merge",
     "registered_kinds",
     "reject_hidden_reasoning",
 ]

@@ -21,30 +21,39 @@ __all__ = ["History"]
 _offset = attrgetter("offset")
 
 
-class _RunIndex:
-    """One run's events in offset order; ``head`` skips the evicted ones."""
+class _RunIndex(list[Event]):
+    """One run's events in offset order; ``head`` skips the evicted ones.
 
-    __slots__ = ("events", "head")
+    A run with a single event is held as that event alone (no index object):
+    most of the bookkeeping of many tiny runs would be this object otherwise."""
 
-    def __init__(self) -> None:
-        self.events: list[Event] = []
+    __slots__ = ("head",)
+
+    def __init__(self, events: Iterable[Event]) -> None:
+        super().__init__(events)
         self.head = 0
 
     def pop_oldest(self) -> None:
         self.head += 1
-        if self.head > 32 and self.head * 2 > len(self.events):
-            del self.events[: self.head]
+        if self.head > 32 and self.head * 2 > len(self):
+            del self[: self.head]
             self.head = 0
 
-    def __len__(self) -> int:
-        return len(self.events) - self.head
+    def remaining(self) -> int:
+        return len(self) - self.head
 
     def after(self, offset: int) -> Iterator[Event]:
-        events = self.events
         for index in range(
-            bisect_right(events, offset, lo=self.head, key=_offset), len(events)
+            bisect_right(self, offset, lo=self.head, key=_offset), len(self)
         ):
-            yield events[index]
+            yield self[index]
+
+
+def _after(entry: Event | _RunIndex, offset: int) -> Iterator[Event]:
+    if type(entry) is _RunIndex:
+        return entry.after(offset)
+    assert isinstance(entry, Event)
+    return iter((entry,) if entry.offset > offset else ())
 
 
 class History:
@@ -59,7 +68,7 @@ class History:
         self._size = size
         self._ring: list[Event | None] = [None] * size
         self._newest = 0
-        self._by_run: dict[str, _RunIndex] = {}
+        self._by_run: dict[str, Event | _RunIndex] = {}
 
     def __len__(self) -> int:
         return min(self._newest, self._size)
@@ -88,15 +97,22 @@ class History:
         position = (event.offset - 1) % self._size
         evicted = self._ring[position]
         self._ring[position] = event
+        by_run = self._by_run
         if evicted is not None:
-            index = self._by_run[evicted.run_id]
-            index.pop_oldest()
-            if not index:
-                del self._by_run[evicted.run_id]
-        current = self._by_run.get(event.run_id)
+            entry = by_run[evicted.run_id]
+            if type(entry) is not _RunIndex:
+                del by_run[evicted.run_id]
+            else:
+                entry.pop_oldest()
+                if not entry.remaining():
+                    del by_run[evicted.run_id]
+        current = by_run.get(event.run_id)
         if current is None:
-            current = self._by_run[event.run_id] = _RunIndex()
-        current.events.append(event)
+            by_run[event.run_id] = event
+        elif type(current) is _RunIndex:
+            current.append(event)
+        else:
+            by_run[event.run_id] = _RunIndex((current, event))  # type: ignore[arg-type]
         return evicted
 
     def get(self, offset: int) -> Event | None:
@@ -112,10 +128,10 @@ class History:
         those of *run_ids* when given (through the per-run index). The iterator is
         lazy: consume it before the history changes."""
         if run_ids is not None:
-            indexes = [self._by_run[r] for r in run_ids if r in self._by_run]
-            if len(indexes) == 1:
-                return indexes[0].after(offset)
-            return heapq.merge(*(i.after(offset) for i in indexes), key=_offset)
+            entries = [self._by_run[r] for r in run_ids if r in self._by_run]
+            if len(entries) == 1:
+                return _after(entries[0], offset)
+            return heapq.merge(*(_after(e, offset) for e in entries), key=_offset)
         return self._ring_after(offset)
 
     def _ring_after(self, offset: int) -> Iterator[Event]:

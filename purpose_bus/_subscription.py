@@ -259,7 +259,16 @@ class Subscription(Generic[E_co]):
         while True:
             if self._read_ahead:
                 buffer.delivered += 1
-                return self._read_ahead.popleft()
+                event = self._read_ahead.popleft()
+                # Caught up? Switch to live now, not at the next receive:
+                # history could evict what a live buffer has room for.
+                if (
+                    not self._read_ahead
+                    and self._replay_gap is None
+                    and not self._read_more()
+                ):
+                    self._bus._go_live(self)
+                return event
             if self._replay_gap is not None:
                 gap, self._replay_gap = self._replay_gap, None
                 return gap.notice()
