@@ -14,7 +14,9 @@ class SubscriptionStatistics:
     """A snapshot of one subscription's counters.
 
     ``delivered + dropped + buffered`` equals the number of events the
-    subscription matched, at every moment.
+    subscription matched, at every moment. While a subscription replays,
+    history it has not read yet is not counted: an event counts as matched when
+    it is read from history (or lost from it before it was read).
     """
 
     #: The subscription's name (given, or generated).
