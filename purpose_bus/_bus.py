@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -31,6 +31,9 @@ __all__ = ["EventBus"]
 logger = logging.getLogger("purpose_bus")
 
 E = TypeVar("E", bound=Event)
+
+#: A callable that sees every accepted event and where it came from (internal).
+Tap = Callable[[Event, object], None]
 
 _NEW, _OPEN, _CLOSING, _CLOSED = range(4)
 
@@ -115,6 +118,7 @@ class EventBus:
         self._dropped_by_closed = 0
         self._publish_streak = 0
         self._names = itertools.count(1)
+        self._taps: tuple[Tap, ...] = ()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -241,16 +245,44 @@ class EventBus:
             raise RuntimeError("publish_from_thread() must not be called on the loop")
         return self._handoff.publish(event)
 
-    async def _publish_checked(self, event: Event) -> Event | None:
+    async def _publish_checked(
+        self, event: Event, source: object = None, strict: bool = True
+    ) -> Event | None:
         self._check_open()
-        if self._guarded(event) is None:
+        if self._guarded(event, strict) is None:
             return None
         while True:
-            result = self._offer(event, strict=True, force=False)
+            result = self._offer(event, strict=strict, force=False, source=source)
             if not isinstance(result, Subscription):
                 return result
             await result.sender.wait_for_room()
             self._check_open()
+
+    async def _ingest(self, event: Event, source: object) -> Event | None:
+        """Accept an event that another process accepted first (for bridges).
+
+        Guards and the run lifecycle apply (never raising: a rejection is logged
+        and counted); ``run_id``, ``lane_id``, ``seq`` and ``ts`` are kept and a
+        local ``offset`` is stamped; taps see *source*, so a bridge can tell its
+        own events from local ones. Waits while a matching ``BLOCK`` subscriber
+        is full.
+
+        :raises BusClosed: if the bus is not open
+        """
+        self._check(event)
+        return await self._publish_checked(event, source, strict=False)
+
+    def _add_tap(self, tap: Tap) -> Callable[[], None]:
+        """Call ``tap(event, source)`` with every accepted event, synchronously,
+        on the loop, after it is recorded and delivered (*source* is ``None`` for
+        local events). Returns a function that removes the tap. A tap must not
+        raise (an exception is logged)."""
+        self._taps = (*self._taps, tap)
+
+        def remove() -> None:
+            self._taps = tuple(t for t in self._taps if t is not tap)
+
+        return remove
 
     async def _publish_handed_off(self, event: Event, *, strict: bool) -> Event | None:
         """Publish an event a thread handed off (checked and guarded there). A
@@ -269,7 +301,7 @@ class EventBus:
             subscription.sender.wake_room(force=True)
 
     def _offer(
-        self, event: Event, *, strict: bool, force: bool
+        self, event: Event, *, strict: bool, force: bool, source: object = None
     ) -> Event | Subscription[Event] | None:
         """Check the run lifecycle, then accept *event*; or return the full
         ``BLOCK`` subscription it must wait for (unless *force*). Returns
@@ -279,14 +311,14 @@ class EventBus:
             self._reject(event, f"run {event.run_id!r} has already ended", strict)
             return None
         if not self._index.blocking:
-            return self._accept(event, None)
+            return self._accept(event, None, source)
         targets = self._targets(event)
         if not force:
             for subscription in targets:
                 sender = subscription.sender
                 if sender.policy is Overflow.BLOCK and sender.full:
                     return subscription
-        return self._accept(event, targets)
+        return self._accept(event, targets, source)
 
     def _check(self, event: object) -> None:
         if not isinstance(event, Event):
@@ -301,7 +333,7 @@ class EventBus:
                 "the bus is closed" if self._state else "the bus is not open"
             )
 
-    def _guarded(self, event: Event) -> Event | None:
+    def _guarded(self, event: Event, strict: bool = True) -> Event | None:
         """Run the guards; return the event, or ``None`` if it was rejected."""
         for guard in self._guards:
             try:
@@ -310,7 +342,7 @@ class EventBus:
                 logger.exception("guard %r raised on a %s event", guard, event.kind)
                 reason = f"guard {guard!r} raised {type(exc).__name__}"
             if reason is not None:
-                self._reject(event, reason)
+                self._reject(event, reason, strict)
                 return None
         return event
 
@@ -328,7 +360,10 @@ class EventBus:
         return [subscription for match, _, subscription in candidates if match(event)]
 
     def _accept(
-        self, event: Event, targets: Iterable[Subscription[Event]] | None
+        self,
+        event: Event,
+        targets: Iterable[Subscription[Event]] | None,
+        source: object = None,
     ) -> Event:
         run_id = event.run_id
         lanes = self._seqs.get(run_id)
@@ -338,8 +373,13 @@ class EventBus:
                 self._seqs.popitem(last=False)
         else:
             self._seqs.move_to_end(run_id)
-        seq = lanes.get(event.lane_id, 0) + 1
-        lanes[event.lane_id] = seq
+        last = lanes.get(event.lane_id, 0)
+        if source is None:
+            seq = lanes[event.lane_id] = last + 1
+        else:  # accepted elsewhere first: keep its seq; local ones continue after
+            seq = event.seq
+            if seq > last:
+                lanes[event.lane_id] = seq
         self._offset += 1
         stamp = _stampers.get(type(event))
         if stamp is None:
@@ -357,7 +397,16 @@ class EventBus:
                 subscription.sender.offer(event)
         if event.terminal:
             self._finish(run_id)
+        if self._taps:
+            self._tap(event, source)
         return event
+
+    def _tap(self, event: Event, source: object) -> None:
+        for tap in self._taps:
+            try:
+                tap(event, source)
+            except Exception:
+                logger.exception("a tap raised on a %s event", event.kind)
 
     def _finish(self, run_id: str) -> None:
         self._seqs.pop(run_id, None)
