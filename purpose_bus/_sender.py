@@ -97,6 +97,7 @@ class OverflowSender:
         "_receive",
         "_room_waiter",
         "_send",
+        "_send_nowait",
         "_tail_gap",
         "_terminals",
         "_waiter",
@@ -114,6 +115,7 @@ class OverflowSender:
         self._send: MemoryObjectSendStream[Item] = send
         self._receive: MemoryObjectReceiveStream[Item] = receive
         self._evict = receive.clone()
+        self._send_nowait = send.send_nowait
         self._policy = policy
         self._head_gap: Gap | None = None
         self._tail_gap: Gap | None = None
@@ -145,15 +147,31 @@ class OverflowSender:
         buffer is full. Under ``BLOCK`` the caller has made sure there is room (or
         is closing the bus), so the event always goes in."""
         self.matched += 1
-        if self.buffered < self.bound or self._policy is Overflow.BLOCK:
-            self._push(event)
-        elif self._policy is Overflow.DROP_NEWEST and not event.terminal:
+        if (
+            self.buffered >= self.bound
+            and self._policy is not Overflow.BLOCK
+            and not self._made_room(event)
+        ):
+            return
+        # The hot path, inlined: one call per delivery.
+        self._send_nowait(event)
+        self.buffered += 1
+        if event.terminal:
+            self._terminals += 1
+        self._tail_gap = None
+        if self._waiter is not None:
+            self._wake()
+
+    def _made_room(self, event: Event) -> bool:
+        """The buffer is full: apply the drop policy. Return whether *event*
+        goes in (it was counted as dropped otherwise)."""
+        if self._policy is Overflow.DROP_NEWEST and not event.terminal:
             self._lose_incoming(event)
-        elif self._policy is Overflow.DROP_OLDEST and not self._terminals:
+            return False
+        if self._policy is Overflow.DROP_OLDEST and not self._terminals:
             self._evict_head()
-            self._push(event)
-        else:
-            self._make_room(event)
+            return True
+        return self._make_room(event)
 
     def lose(
         self, count: int, first: int, last: int, run_id: str, lane_id: str
@@ -190,15 +208,6 @@ class OverflowSender:
         self._terminals = 0
         self._receive.close()
 
-    def _push(self, event: Event) -> None:
-        self._send.send_nowait(event)
-        self.buffered += 1
-        if event.terminal:
-            self._terminals += 1
-        self._tail_gap = None
-        if self._waiter is not None:
-            self._wake()
-
     def _lose_incoming(self, event: Event) -> None:
         self.dropped += 1
         if self.gap_events:
@@ -229,7 +238,7 @@ class OverflowSender:
             self._head_gap = Gap()
         return self._head_gap
 
-    def _make_room(self, event: Event) -> None:
+    def _make_room(self, event: Event) -> bool:
         # The slow path: drain the stream, pick the victim, put the rest back.
         items = self._drain()
         if self._policy is Overflow.DROP_NEWEST:
@@ -246,9 +255,9 @@ class OverflowSender:
             items[index] = self._lost_marker(items[index])  # type: ignore[arg-type]
         self._refill(items)
         if index >= 0 or event.terminal:
-            self._push(event)
-        else:
-            self._lose_incoming(event)
+            return True
+        self._lose_incoming(event)
+        return False
 
     def _lost_marker(self, victim: Event) -> Gap | None:
         self.buffered -= 1
@@ -300,14 +309,14 @@ class OverflowSender:
             if item is self._tail_gap:
                 self._tail_gap = None
             return item.notice()
-        assert isinstance(item, Event)
+        event: Event = item  # type: ignore[assignment]
         self.buffered -= 1
         self.delivered += 1
-        if item.terminal:
+        if event.terminal:
             self._terminals -= 1
         if self._room_waiter is not None:
             self.wake_room()
-        return item
+        return event
 
     async def wait(self) -> None:
         """Wait until something may be taken (or the stream ended).
