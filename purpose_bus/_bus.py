@@ -566,7 +566,6 @@ class EventBus:
 
     def replay(
         self,
-        *,
         run_id: StrArg = None,
         lane_id: StrArg = None,
         kinds: KindsArg = None,
