@@ -5,18 +5,27 @@ them: a fast UI subscriber, a slow subscriber that drops events (and still gets
 the terminal event), a ``BLOCK`` auditor that loses nothing, and a late joiner
 that replays the finished run from history. It ends with a table per
 subscriber.
+
+``python -m purpose_bus demo --serve`` streams the demo's runs, round after
+round, to the live view of :mod:`purpose_bus.web` until interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
+import random
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
+from typing import cast
 
 import anyio
 import attrs
+from anyio.abc import TaskStatus
 
 from ._bus import EventBus
 from ._events import (
@@ -25,6 +34,7 @@ from ._events import (
     LaneStarted,
     MessageDelta,
     ReasoningSummary,
+    RunCancelled,
     RunError,
     RunFinished,
     RunStarted,
@@ -37,7 +47,7 @@ from ._events import (
 from ._overflow import Overflow
 from ._subscription import Subscription
 
-__all__ = ["DemoRow", "main", "run_demo"]
+__all__ = ["DemoRow", "main", "run_demo", "serve_demo"]
 
 LANES = ("plan", "search", "write")
 STEPS = 3
@@ -56,18 +66,26 @@ class DemoRow:
     terminal_seen: str
 
 
-async def _lane(bus: EventBus, run_id: str, lane: str) -> None:
-    await bus.publish(LaneStarted(run_id=run_id, lane_id=lane))
+async def _lane(bus: EventBus, run_id: str, lane: str, pace: float = 0.0) -> None:
+    # With a pace, each event waits about that long (for a human watching).
+    jitter = random.Random(f"{run_id}/{lane}")
+
+    async def publish(event: Event) -> None:
+        if pace:
+            await anyio.sleep(pace * jitter.uniform(0.5, 1.5))
+        await bus.publish(event)
+
+    await publish(LaneStarted(run_id=run_id, lane_id=lane))
     for step in range(STEPS):
         name = f"{lane}-{step}"
-        await bus.publish(StepStarted(run_id=run_id, lane_id=lane, name=name))
-        await bus.publish(
+        await publish(StepStarted(run_id=run_id, lane_id=lane, name=name))
+        await publish(
             ToolCall(run_id=run_id, lane_id=lane, name="search", arguments={"q": name})
         )
-        await bus.publish(
+        await publish(
             ToolResult(run_id=run_id, lane_id=lane, name="search", result=[1])
         )
-        await bus.publish(
+        await publish(
             ReasoningSummary(
                 run_id=run_id,
                 lane_id=lane,
@@ -76,20 +94,23 @@ async def _lane(bus: EventBus, run_id: str, lane: str) -> None:
             )
         )
         for index in range(DELTAS):
-            await bus.publish(
-                MessageDelta(run_id=run_id, lane_id=lane, text=f"{index} ")
-            )
-        await bus.publish(StepFinished(run_id=run_id, lane_id=lane, name=name))
-    await bus.publish(LaneFinished(run_id=run_id, lane_id=lane))
+            await publish(MessageDelta(run_id=run_id, lane_id=lane, text=f"{index} "))
+        await publish(StepFinished(run_id=run_id, lane_id=lane, name=name))
+    await publish(LaneFinished(run_id=run_id, lane_id=lane))
 
 
-async def _agent(bus: EventBus, run_id: str, *, fail: bool) -> None:
+async def _agent(
+    bus: EventBus, run_id: str, *, fail: bool, pace: float = 0.0, guarded: bool = True
+) -> None:
     await bus.publish(RunStarted(run_id=run_id))
     async with anyio.create_task_group() as task_group:
         for lane in LANES:
-            task_group.start_soon(_lane, bus, run_id, lane)
-    # A guard refuses hidden reasoning: this event reaches nobody.
-    bus.emit(MessageDelta(run_id=run_id, text="", payload={"chain_of_thought": "..."}))
+            task_group.start_soon(_lane, bus, run_id, lane, pace)
+    if guarded:
+        # A guard refuses hidden reasoning: this event reaches nobody.
+        bus.emit(
+            MessageDelta(run_id=run_id, text="", payload={"chain_of_thought": "..."})
+        )
     if fail:
         await bus.publish(RunError(run_id=run_id, error="tool quota exceeded"))
     else:
@@ -169,6 +190,73 @@ async def run_demo(*, slow_delay: float = 0.001) -> list[DemoRow]:
     return rows
 
 
+async def serve_demo(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    stop: Callable[[], Awaitable[object]],
+    pace: float = 0.05,
+    pause: float = 2.0,
+    rounds: int | None = None,
+    task_status: TaskStatus[tuple[str, int]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the live view of a bus (:mod:`purpose_bus.web`, on hypercorn) and
+    stream the demo's runs to it: rounds of two runs in three lanes each (the
+    first finishes, the second fails), *pace* seconds or so between a lane's
+    events, *pause* seconds between rounds, until *stop* returns (or *rounds*
+    rounds, then serving on). Reports ``(host, port)`` with *task_status* once
+    browsers can connect. When *stop* returns, runs in flight are cancelled
+    (``run.cancelled``), the bus closes (every event stream ends) and the server
+    shuts down.
+    """
+    from hypercorn.config import Config  # the web extra
+
+    from .web import create_app, serve
+
+    config = Config()
+    config.errorlog = logging.getLogger("hypercorn.error")  # warnings and worse
+    config.graceful_timeout = 1.0  # the streams end when the bus closes
+    async with EventBus() as bus:
+        closed = anyio.Event()
+        async with anyio.create_task_group() as server:
+            address = await server.start(
+                partial(
+                    serve,
+                    create_app(bus),
+                    host=host,
+                    port=port,
+                    shutdown_trigger=closed.wait,
+                    config=config,
+                )
+            )
+            task_status.started(address)
+            async with anyio.create_task_group() as producers:
+                producers.start_soon(_rounds, bus, pace, pause, rounds)
+                await stop()
+                producers.cancel_scope.cancel()
+            await bus.aclose()
+            closed.set()
+
+
+async def _rounds(bus: EventBus, pace: float, pause: float, rounds: int | None) -> None:
+    numbers = itertools.count(1) if rounds is None else range(1, rounds + 1)
+    for number in numbers:
+        async with anyio.create_task_group() as agents:
+            for run_id, fail in ((2 * number - 1, False), (2 * number, True)):
+                agents.start_soon(
+                    partial(_live_agent, bus, f"run-{run_id}", fail, pace)
+                )
+        await anyio.sleep(pause)
+
+
+async def _live_agent(bus: EventBus, run_id: str, fail: bool, pace: float) -> None:
+    try:
+        await _agent(bus, run_id, fail=fail, pace=pace, guarded=False)
+    except anyio.get_cancelled_exc_class():
+        bus.emit(RunCancelled(run_id=run_id, reason="the demo was stopped"))
+        raise
+
+
 def format_table(rows: Sequence[DemoRow]) -> str:
     """The summary table as text."""
     header = (
@@ -200,19 +288,93 @@ def format_table(rows: Sequence[DemoRow]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: ``python -m purpose_bus demo [--backend asyncio|trio]``."""
+    """The command line: ``python -m purpose_bus demo [--backend asyncio|trio]
+    [--serve [--host HOST] [--port PORT]]``."""
     parser = argparse.ArgumentParser(prog="python -m purpose_bus")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a simulated agent run on the bus")
     demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="stream demo runs live to a viewer in the browser until interrupted "
+        "(needs the web extra)",
+    )
+    demo.add_argument("--host", help="with --serve: the address (127.0.0.1)")
+    demo.add_argument("--port", type=int, help="with --serve: the port (8000)")
     args = parser.parse_args(argv)
+    if not args.serve and (args.host is not None or args.port is not None):
+        demo.error("--host and --port go with --serve")
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.serve:
+        host = "127.0.0.1" if args.host is None else args.host
+        return _serve(host, 8000 if args.port is None else args.port, args.backend)
     rows = anyio.run(run_demo, backend=args.backend)
     print(f"purpose_bus demo on {args.backend}: two runs, three lanes each\n")
     print(format_table(rows))
     return 0
+
+
+def _serve(host: str, port: int, backend: str) -> int:
+    try:
+        import hypercorn  # noqa: F401
+
+        from . import web  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"error: --serve needs the web extra (pip install 'purpose_bus[web]'): "
+            f"{exc}",
+            file=sys.stderr,
+        )
+        return 1
+    failed: OSError | None = None
+    try:
+        anyio.run(partial(_serve_until_stopped, host, port, backend), backend=backend)
+    except* OSError as group:
+        failed = cast(OSError, group.exceptions[0])
+    except* KeyboardInterrupt:  # where signals cannot be received (Windows)
+        pass
+    if failed is not None:
+        print(f"error: cannot serve on {host}:{port}: {failed}", file=sys.stderr)
+        return 1
+    print("stopped")
+    return 0
+
+
+async def _serve_until_stopped(host: str, port: int, backend: str) -> None:
+    with _stop_signals() as signals:
+
+        async def stop() -> None:
+            async for _ in signals:
+                return
+            await anyio.sleep_forever()  # no signals here: Ctrl+C interrupts
+
+        async with anyio.create_task_group() as task_group:
+            address = await task_group.start(
+                partial(serve_demo, host=host, port=port, stop=stop)
+            )
+            print(
+                f"purpose_bus demo on {backend}: the live view is at "
+                f"{_url(*address)} (Ctrl+C to stop)",
+                flush=True,
+            )
+
+
+def _stop_signals() -> AbstractContextManager[AsyncIterator[signal.Signals]]:
+    if sys.platform == "win32":  # pragma: no cover
+        return nullcontext(_no_signals())
+    return anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
+
+
+async def _no_signals() -> AsyncIterator[signal.Signals]:  # pragma: no cover
+    return
+    yield
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 if __name__ == "__main__":  # pragma: no cover
