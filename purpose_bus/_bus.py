@@ -23,7 +23,7 @@ from ._history import History
 from ._index import SubscriberIndex
 from ._overflow import Overflow
 from ._statistics import BusStatistics
-from ._subscription import YIELD_INTERVAL, Subscription
+from ._subscription import Subscription
 from ._threads import ThreadHandoff
 
 __all__ = ["EventBus"]
@@ -31,6 +31,9 @@ __all__ = ["EventBus"]
 logger = logging.getLogger("purpose_bus")
 
 E = TypeVar("E", bound=Event)
+
+#: ``publish`` yields to the scheduler at least once every this many calls.
+PUBLISH_YIELD_INTERVAL = 64
 
 #: A callable that sees every accepted event and where it came from (internal).
 Tap = Callable[[Event, object], None]
@@ -228,7 +231,7 @@ class EventBus:
         """
         self._check(event)
         self._publish_streak += 1
-        if self._publish_streak < YIELD_INTERVAL:
+        if self._publish_streak < PUBLISH_YIELD_INTERVAL:
             await checkpoint_if_cancelled()
         else:
             self._publish_streak = 0

@@ -27,8 +27,10 @@ __all__ = ["YIELD_INTERVAL", "Subscription"]
 E_co = TypeVar("E_co", bound=Event, covariant=True)
 
 #: A receive that finds events buffered hands them out without a scheduler round
-#: trip, but yields to the scheduler at least once every this many receives.
-YIELD_INTERVAL = 64
+#: trip, but yields to the scheduler at least once every this many receives. A
+#: burst of fewer events than this is drained in one turn, so a subscriber keeps
+#: up with a publisher that yields once per burst (``publish`` yields every 64).
+YIELD_INTERVAL = 1024
 #: How many replayed events are read from history at a time.
 _READ_AHEAD = 64
 
@@ -60,6 +62,23 @@ class Subscription(Generic[E_co]):
     to replay). :meth:`close` ends it at once, discarding what is buffered.
     """
 
+    __slots__ = (
+        "_after",
+        "_buffer",
+        "_bus",
+        "_cancelled_check",
+        "_closed",
+        "_entered",
+        "_filter",
+        "_name",
+        "_read_ahead",
+        "_replay",
+        "_replay_gap",
+        "_streak",
+        "cursor",
+        "replaying",
+    )
+
     def __init__(
         self,
         bus: EventBus,
@@ -86,7 +105,7 @@ class Subscription(Generic[E_co]):
         # read ahead and the losses met while replaying.
         self.replaying = False
         self.cursor = 0
-        self._read_ahead: deque[Event] = deque()
+        self._read_ahead: deque[Event] | None = None  # made when replay reads
         self._replay_gap: Gap | None = None
 
     @property
@@ -144,8 +163,9 @@ class Subscription(Generic[E_co]):
         if self._closed:
             return
         self._closed = True
-        self._buffer.dropped += len(self._read_ahead)
-        self._read_ahead.clear()
+        if self._read_ahead:
+            self._buffer.dropped += len(self._read_ahead)
+            self._read_ahead.clear()
         self._replay_gap = None
         self.replaying = False
         self._buffer.discard()
@@ -185,9 +205,10 @@ class Subscription(Generic[E_co]):
 
         Always a cancellation point. When events are buffered it returns without
         a scheduler round trip, but it yields to the scheduler at least once in
-        every :data:`YIELD_INTERVAL` (64) calls, so a busy subscriber cannot
-        starve the loop. Cancelled while waiting, it leaves the subscription
-        unchanged: no event is lost.
+        every :data:`YIELD_INTERVAL` (1024) calls, so a busy subscriber cannot
+        starve the loop, yet drains a burst of fewer events in one turn.
+        Cancelled while waiting, it leaves the subscription unchanged: no event
+        is lost.
 
         :raises anyio.EndOfStream: when the subscription has ended (see the class
             docstring) and its buffer is drained
@@ -230,7 +251,7 @@ class Subscription(Generic[E_co]):
         buffer = self._buffer
         return SubscriptionStatistics(
             name=self._name,
-            buffered=buffer.buffered + len(self._read_ahead),
+            buffered=buffer.buffered + len(self._read_ahead or ()),
             buffer_size=buffer.bound,
             delivered=buffer.delivered,
             dropped=buffer.dropped,
@@ -280,6 +301,8 @@ class Subscription(Generic[E_co]):
         matches = self._filter.matches
         events = self._bus._history.iter_after(self.cursor, self._filter.run_ids)
         read = self._read_ahead
+        if read is None:
+            read = self._read_ahead = deque()
         for event in events:
             self.cursor = event.offset
             if matches(event):

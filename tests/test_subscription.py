@@ -218,7 +218,10 @@ class TestSubscription:
                 ticks += 1
                 await checkpoint()
 
-        async with EventBus() as bus, bus.subscribe() as sub:
+        async with (
+            EventBus() as bus,
+            bus.subscribe(buffer_size=YIELD_INTERVAL * windows) as sub,
+        ):
             for index in range(YIELD_INTERVAL * windows):
                 bus.emit(delta(str(index)))
             with anyio.fail_after(5):
@@ -234,6 +237,32 @@ class TestSubscription:
         for window, count in enumerate(seen, 1):
             assert count >= window - 1, seen
         assert seen[-1] >= windows - 1
+
+    async def test_keeps_up_with_bursts_shorter_than_the_yield_interval(self) -> None:
+        # A publisher that yields once per burst of 100 emits: the subscriber
+        # drains each burst in one turn, so a buffer of 1,000 never overflows.
+        received = 0
+
+        async def consume() -> None:
+            nonlocal received
+            async for _ in sub:
+                received += 1
+
+        async with EventBus(history_size=0) as bus:
+            async with bus.subscribe(buffer_size=1000) as sub:
+                with anyio.fail_after(10):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(consume)
+                        await anyio.wait_all_tasks_blocked()
+                        for burst in range(200):
+                            for index in range(100):
+                                bus.emit(delta(f"{burst}.{index}"))
+                            await checkpoint()
+                        await anyio.wait_all_tasks_blocked()
+                        tg.cancel_scope.cancel()
+                stats = sub.statistics()
+        assert stats.dropped == 0
+        assert received == stats.delivered == 20_000
 
     # -- how it ends ----------------------------------------------------------
 
