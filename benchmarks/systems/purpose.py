@@ -1,0 +1,71 @@
+"""purpose_bus: an ``EventBus`` with a ``subscribe(run_id=topic)`` per
+subscriber, ``async for`` over it in the subscriber's task; ``bus.emit``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from purpose_bus import EventBus
+
+from ._base import Adapter, Handler, Pace
+
+#: "Large enough that nothing is dropped" (the sender's stream is unbounded).
+UNBOUNDED = 1 << 40
+
+
+class PurposeBus(Adapter):
+    overflow = "DROP_OLDEST (terminal events never dropped)"
+
+    def __init__(self, name: str, backend: str) -> None:
+        super().__init__(name, backend)
+        self.bus: EventBus | None = None
+
+    @asynccontextmanager
+    async def open(self, *, buffer: int | None) -> AsyncIterator[None]:
+        async with EventBus(buffer_size=buffer or UNBOUNDED) as bus:
+            self.bus = bus
+            yield
+        self.bus = None
+
+    async def subscribe(
+        self, tg: TaskGroup, topic: str, handler: Handler, *, pace: Pace | None = None
+    ) -> None:
+        await tg.start(self._consume, topic, handler, pace)
+
+    async def _consume(
+        self,
+        topic: str,
+        handler: Handler,
+        pace: Pace | None,
+        *,
+        task_status: TaskStatus[None],
+    ) -> None:
+        assert self.bus is not None
+        async with self.bus.subscribe(run_id=topic) as sub:
+            task_status.started()
+            async for event in sub:
+                if handler(event):
+                    return
+                if pace is not None and pace.active:
+                    await anyio.sleep(pace.seconds)
+
+    async def register(self, stack: AsyncExitStack, topic: str) -> None:
+        assert self.bus is not None
+        await stack.enter_async_context(self.bus.subscribe(run_id=topic))
+
+    def emitter(self, topic: str) -> Callable[[Any], Any]:
+        assert self.bus is not None
+        return self.bus.emit
+
+    def thread_emitter(self, topic: str) -> Callable[[Any], None] | None:
+        assert self.bus is not None
+        return self.bus.emit  # thread-safe: the bus's own hand-off
+
+
+def make(name: str, backend: str) -> Adapter:
+    return PurposeBus(name, backend)
