@@ -248,19 +248,21 @@ class TestSubscription:
             async for _ in sub:
                 received += 1
 
-        async with EventBus(history_size=0) as bus:
-            async with bus.subscribe(buffer_size=1000) as sub:
-                with anyio.fail_after(10):
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(consume)
-                        await anyio.wait_all_tasks_blocked()
-                        for burst in range(200):
-                            for index in range(100):
-                                bus.emit(delta(f"{burst}.{index}"))
-                            await checkpoint()
-                        await anyio.wait_all_tasks_blocked()
-                        tg.cancel_scope.cancel()
-                stats = sub.statistics()
+        async with (
+            EventBus(history_size=0) as bus,
+            bus.subscribe(buffer_size=1000) as sub,
+        ):
+            with anyio.fail_after(10):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(consume)
+                    await anyio.wait_all_tasks_blocked()
+                    for burst in range(200):
+                        for index in range(100):
+                            bus.emit(delta(f"{burst}.{index}"))
+                        await checkpoint()
+                    await anyio.wait_all_tasks_blocked()
+                    tg.cancel_scope.cancel()
+            stats = sub.statistics()
         assert stats.dropped == 0
         assert received == stats.delivered == 20_000
 
