@@ -10,6 +10,7 @@ import anyio
 import attrs
 import pytest
 from anyio.lowlevel import checkpoint
+from helpers import delta, drain, texts
 
 from purpose_bus import (
     YIELD_INTERVAL,
@@ -27,7 +28,6 @@ from purpose_bus import (
     RunError,
     RunFinished,
     RunStarted,
-    Subscription,
     SubscriptionStatistics,
     Visibility,
 )
@@ -42,24 +42,6 @@ class Citation(Event):
     url: str
     title: str = ""
     tags: tuple[str, ...] = ()
-
-
-def delta(text: str = "x", run_id: str = "r1", lane_id: str = "main") -> MessageDelta:
-    return MessageDelta(run_id=run_id, lane_id=lane_id, text=text)
-
-
-def drain(sub: Subscription[Event]) -> list[Event]:
-    """Everything *sub* can hand out without waiting."""
-    events: list[Event] = []
-    while True:
-        try:
-            events.append(sub.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return events
-
-
-def texts(events: list[Event]) -> list[str]:
-    return [e.text for e in events if isinstance(e, MessageDelta)]
 
 
 TERMINALS: list[Event] = [

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import attrs
 import pytest
+from helpers import drain
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import bus_events, matches_kwargs, subscribe_kwargs
@@ -21,7 +21,6 @@ from purpose_bus import (
     Overflow,
     RunFinished,
     RunStarted,
-    Subscription,
     ToolCall,
     Visibility,
 )
@@ -32,15 +31,6 @@ class Chatter(MessageDelta):
     """A subclass with a kind of its own: ``kinds=MessageDelta`` must not match it."""
 
     kind = "test_filters.chatter"
-
-
-def drain(sub: Subscription[Event]) -> list[Event]:
-    events: list[Event] = []
-    while True:
-        try:
-            events.append(sub.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return events
 
 
 def mixed_events() -> list[Event]:

@@ -9,9 +9,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-import anyio
 import attrs
 import pytest
+from helpers import drain
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +23,6 @@ from purpose_bus import (
     Log,
     MessageDelta,
     ReasoningSummary,
-    Subscription,
     ToolCall,
     ToolResult,
     Visibility,
@@ -39,15 +38,6 @@ class Annotated(Event):
     kind = "test_guards.annotated"
 
     notes: tuple[Any, ...] = ()
-
-
-def drain(sub: Subscription[Event]) -> list[Event]:
-    events: list[Event] = []
-    while True:
-        try:
-            events.append(sub.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return events
 
 
 def nested(depth: int, leaf: Mapping[str, Any]) -> Mapping[str, Any]:

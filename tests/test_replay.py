@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
+from helpers import drain
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,16 +55,6 @@ def make(
 def emit_many(bus: EventBus, count: int, **fields: Any) -> None:
     for _ in range(count):
         bus.emit(make(**fields))
-
-
-def drain(sub: Subscription[Event]) -> list[Event]:
-    """Everything *sub* hands out without waiting (replayed events included)."""
-    events: list[Event] = []
-    while True:
-        try:
-            events.append(sub.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return events
 
 
 def take(sub: Subscription[Event], count: int) -> list[Event]:

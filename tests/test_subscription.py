@@ -10,6 +10,7 @@ import anyio
 import anyio.abc
 import pytest
 from anyio.lowlevel import checkpoint
+from helpers import delta, drain, texts
 
 from purpose_bus import (
     YIELD_INTERVAL,
@@ -25,24 +26,6 @@ from purpose_bus import (
     Subscription,
     SubscriptionStatistics,
 )
-
-
-def delta(text: str = "x", run_id: str = "r1", lane_id: str = "main") -> MessageDelta:
-    return MessageDelta(run_id=run_id, lane_id=lane_id, text=text)
-
-
-def drain(sub: Subscription[Event]) -> list[Event]:
-    """Everything *sub* can hand out without waiting."""
-    events: list[Event] = []
-    while True:
-        try:
-            events.append(sub.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return events
-
-
-def texts(events: list[Event]) -> list[str]:
-    return [e.text for e in events if isinstance(e, MessageDelta)]
 
 
 def resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

@@ -1,0 +1,27 @@
+"""Small helpers the async test modules share."""
+
+from __future__ import annotations
+
+import anyio
+
+from purpose_bus import Event, MessageDelta, Subscription
+
+
+def delta(text: str = "x", run_id: str = "r1", lane_id: str = "main") -> MessageDelta:
+    """A message delta for *run_id* and *lane_id*."""
+    return MessageDelta(run_id=run_id, lane_id=lane_id, text=text)
+
+
+def drain(sub: Subscription[Event]) -> list[Event]:
+    """Everything *sub* hands out without waiting (replayed events included)."""
+    events: list[Event] = []
+    while True:
+        try:
+            events.append(sub.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return events
+
+
+def texts(events: list[Event]) -> list[str]:
+    """The texts of the message deltas among *events*."""
+    return [e.text for e in events if isinstance(e, MessageDelta)]
