@@ -6,7 +6,7 @@ reason to reject it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from operator import attrgetter
 from typing import Any
 
@@ -39,7 +39,7 @@ DEFAULT_HIDDEN_KEYS: frozenset[str] = frozenset(
     }
 )
 
-_SCALARS = (str, bytes, int, float, bool, type(None))
+_SCALARS = (str, bytes, bytearray, memoryview, int, float, bool, type(None))
 _SCALAR_TYPES = frozenset(_SCALARS)
 
 
@@ -58,8 +58,8 @@ def _find_key(value: Any, keys: frozenset[str]) -> str | None:
                 if isinstance(key, str) and key.casefold() in keys:
                     return key
             stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            stack.extend(item)
+        elif isinstance(item, Collection):
+            stack.extend(item)  # any sequence or set: list, deque, UserList ...
     return None
 
 

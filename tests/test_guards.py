@@ -289,3 +289,20 @@ class TestGuardsOnTheBus:
     def test_guards_must_be_callable(self) -> None:
         with pytest.raises(TypeError):
             EventBus(guards=("not a guard",))  # type: ignore[arg-type]
+
+
+class TestAnySequence:
+    """Regression: the guard looked only into lists, tuples and sets."""
+
+    def test_deque_userlist_and_mapping_views_are_searched(self) -> None:
+        import collections
+
+        from purpose_bus import reject_hidden_reasoning
+
+        for container in (collections.deque, collections.UserList):
+            event = Log(run_id="r", message="m", payload={"s": container([{"COT": 1}])})
+            assert reject_hidden_reasoning(event) is not None
+        event = Log(
+            run_id="r", message="m", payload={"s": {"a": {"x": {"cot": 1}}}.values()}
+        )
+        assert reject_hidden_reasoning(event) is not None
