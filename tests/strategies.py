@@ -384,3 +384,152 @@ def single_run(kwargs: Mapping[str, Any]) -> str | None:
     """The run ``subscribe(**kwargs)`` is scoped to, if exactly one."""
     runs = _as_set(kwargs.get("run_id", ()))
     return runs.pop() if len(runs) == 1 else None
+
+
+# -- reliability and security suites: hidden reasoning, state machine inputs ---
+# (appended for tests/test_state_machine.py, tests/test_security.py and friends)
+
+#: The value stored under a hidden-reasoning key: it must never be seen again.
+SECRET = "SECRET-chain-of-thought-7f3a"
+
+
+def any_casing(key: str) -> st.SearchStrategy[str]:
+    """*key* with each character upper- or lower-cased at random."""
+    return st.lists(st.booleans(), min_size=len(key), max_size=len(key)).map(
+        lambda flags: "".join(
+            c.upper() if up else c.lower() for c, up in zip(key, flags, strict=True)
+        )
+    )
+
+
+def _wrap(value: Any, how: str, key: str) -> Any:
+    if how == "dict":
+        return {key: value, "note": "visible"}
+    if how == "proxy":
+        return MappingProxyType({key: value})
+    if how == "list":
+        return ["visible", value]
+    return (value, 1)  # a tuple
+
+
+def hidden_values(keys: Sequence[str], *, max_depth: int = 8) -> st.SearchStrategy[Any]:
+    """A JSON-like value holding ``{<one of keys, any casing>: SECRET}`` at a
+    random depth (0 ... *max_depth*) of dicts, read-only mappings, lists and
+    tuples, beside harmless siblings."""
+
+    def build(key: str, path: list[tuple[str, str]]) -> Any:
+        value: Any = {key: SECRET, "answer": "visible"}
+        for how, name in path:
+            value = _wrap(value, how, name)
+        return value
+
+    wrappers = st.tuples(
+        st.sampled_from(["dict", "proxy", "list", "tuple"]),
+        st.sampled_from(["data", "steps", "x", "meta"]),
+    )
+    return st.builds(
+        build,
+        st.sampled_from(sorted(keys)).flatmap(any_casing),
+        st.lists(wrappers, max_size=max_depth),
+    )
+
+
+def hidden_reasoning_events(
+    keys: Sequence[str] | None = None,
+    *,
+    run_ids: st.SearchStrategy[str] = BUS_RUN_IDS,
+    lane_ids: st.SearchStrategy[str] = BUS_LANE_IDS,
+    visibilities: st.SearchStrategy[Visibility] = VISIBILITIES,
+) -> st.SearchStrategy[Event]:
+    """Events that carry hidden reasoning (one of *keys*, default the library's
+    default set, in any casing, at any depth) in their payload, their tool
+    arguments or their tool result. Every one must be rejected."""
+    from purpose_bus import DEFAULT_HIDDEN_KEYS  # (appended: imports above intact)
+
+    values = hidden_values(sorted(keys if keys is not None else DEFAULT_HIDDEN_KEYS))
+
+    def payload(value: Any) -> Mapping[str, Any]:
+        return value if isinstance(value, Mapping) else {"data": value}
+
+    envelope = st.fixed_dictionaries(
+        {"run_id": run_ids, "lane_id": lane_ids, "visibility": visibilities}
+    )
+    return st.one_of(
+        st.builds(
+            lambda env, v: MessageDelta(text="t", payload=payload(v), **env),
+            envelope,
+            values,
+        ),
+        st.builds(
+            lambda env, v: RunFinished(payload=payload(v), **env), envelope, values
+        ),
+        st.builds(
+            lambda env, v: ToolCall(name="search", arguments=payload(v), **env),
+            envelope,
+            values,
+        ),
+        st.builds(
+            lambda env, v: ToolResult(name="search", result=v, **env), envelope, values
+        ),
+    )
+
+
+#: Run ids for the state machine: more than the bus tests', so that not every
+#: run has ended a few steps in.
+MACHINE_RUN_IDS = st.sampled_from(["r1", "r2", "r3", "r4"])
+#: The classes the state machine emits: terminal ones about one time in eight.
+MACHINE_EVENT_CLASSES: tuple[type[Event], ...] = (
+    *(MessageDelta,) * 6,
+    Log,
+    Log,
+    ToolCall,
+    RunStarted,
+    StepStarted,
+    RunFinished,
+    RunError,
+)
+
+
+def machine_events(
+    run_ids: st.SearchStrategy[str] = MACHINE_RUN_IDS,
+) -> st.SearchStrategy[Event]:
+    """What the state machine emits: the bus test events (terminal ones among
+    them), every visibility, reasoning summaries, and now and then an event
+    carrying hidden reasoning."""
+    plain = bus_events(classes=MACHINE_EVENT_CLASSES, run_ids=run_ids)
+    summaries = st.builds(
+        lambda run, lane, vis: ReasoningSummary(
+            run_id=run, lane_id=lane, visibility=vis, summary="a summary"
+        ),
+        run_ids,
+        BUS_LANE_IDS,
+        VISIBILITIES,
+    )
+    hidden = hidden_reasoning_events(run_ids=run_ids)
+    return st.one_of(plain, plain, plain, plain, summaries, hidden)
+
+
+def machine_subscribe_kwargs() -> st.SearchStrategy[dict[str, Any]]:
+    """:func:`subscribe_kwargs` on the machine's runs, sometimes with replay
+    (``after`` is drawn by the machine, which knows the newest offset)."""
+    from purpose_bus import Overflow  # (appended: keep the imports above intact)
+
+    kinds = st.sampled_from(
+        [cls.kind for cls in BUS_EVENT_CLASSES]
+        + list(BUS_EVENT_CLASSES)
+        + [ReasoningSummary]
+    )
+    return st.fixed_dictionaries(
+        {
+            "buffer_size": st.integers(1, 4),
+            "overflow": st.sampled_from(list(Overflow)),
+            "gap_events": st.booleans(),
+            "visibility": VISIBILITIES,
+            "replay": st.sampled_from([False, False, True]),
+        },
+        optional={
+            "run_id": _one_or_many(MACHINE_RUN_IDS),
+            "lane_id": _one_or_many(BUS_LANE_IDS),
+            "kinds": _one_or_many(kinds),
+        },
+    )
