@@ -339,7 +339,7 @@ class ModelSubscription:
 
     def close(self) -> None:
         self.closed = True
-        self.dropped += len(self.read_ahead) + self._live_events()
+        self.dropped += self._live_events()
         self.read_ahead.clear()
         self.items.clear()
         self.replay_lost = None
@@ -450,7 +450,7 @@ class ModelBus:
         if len(self.finished) > self.max_runs:
             self.finished.popitem(last=False)
         for sub in self.subscriptions:
-            if False:
+            if sub.live and sub.single_run == run:
                 sub.live = False
                 sub.ended = True
 
