@@ -34,6 +34,9 @@ class _RunIndex(list[Event]):
         self.head = 0
 
     def pop_oldest(self) -> None:
+        # Drop the reference now, so an evicted event is freed at once (the
+        # slot is compacted away later; bisect starts at head, past the Nones).
+        self[self.head] = None  # type: ignore[call-overload]
         self.head += 1
         if self.head > 32 and self.head * 2 > len(self):
             del self[: self.head]
