@@ -339,7 +339,7 @@ class ModelSubscription:
 
     def close(self) -> None:
         self.closed = True
-        self.dropped += self._live_events()
+        self.dropped += len(self.read_ahead) + self._live_events()
         self.read_ahead.clear()
         self.items.clear()
         self.replay_lost = None

@@ -476,7 +476,8 @@ def hidden_reasoning_events(
 
 #: Run ids for the state machine: more than the bus tests', so that not every
 #: run has ended a few steps in.
-MACHINE_RUN_IDS = st.sampled_from(["r1", "r2", "r3", "r4"])
+MACHINE_RUNS = ("r1", "r2", "r3", "r4", "r5", "r6")
+MACHINE_RUN_IDS = st.sampled_from(MACHINE_RUNS)
 #: The classes the state machine emits: terminal ones about one time in eight.
 MACHINE_EVENT_CLASSES: tuple[type[Event], ...] = (
     *(MessageDelta,) * 6,

@@ -296,7 +296,7 @@ class TestNesting:
     @pytest.mark.xfail(
         strict=True,
         reason="known bug (issue 7): decode accepts about 950 levels of nesting "
-        "that encode's converters, one frame deeper per level, refuse",
+        "that encode, starting one Python frame deeper, refuses",
     )
     @pytest.mark.parametrize(
         ("opening", "closing"), [("[", "]"), ('{"a":', "}")], ids=["arrays", "objects"]
