@@ -131,7 +131,9 @@ class Subscription(Generic[E_co]):
     # -- the context manager --------------------------------------------------
 
     async def __aenter__(self) -> Subscription[E_co]:
-        """Register with the bus.
+        """Register with the bus. A cancellation point: entered in a cancelled
+        scope, it raises the cancellation, registers nothing and closes the
+        subscription (as a failed entry always does).
 
         :raises BusClosed: if the bus is not open (the subscription is closed)
         :raises RuntimeError: if this subscription was entered or closed before
@@ -139,6 +141,7 @@ class Subscription(Generic[E_co]):
         if self._entered or self._closed:
             raise RuntimeError("a subscription can be entered only once")
         try:
+            await checkpoint_if_cancelled()
             self._bus._register(self)
         except BaseException:
             self.close()

@@ -344,6 +344,10 @@ class TestCancellationSweep:
                     cancelled = True
                 assert bus.statistics().subscriptions == ()
                 dropped = bus.statistics().dropped
+                if not subs:  # cancelled while entering: nothing was registered
+                    assert cancelled
+                    await check_usable(bus)
+                    return cancelled
                 [sub] = subs
                 stats = sub.statistics()
                 assert stats.buffered == 0

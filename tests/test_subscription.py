@@ -530,3 +530,21 @@ class TestSubscriptionStatistics:
             stats = sub.statistics()
             assert (stats.delivered, stats.dropped, stats.buffered) == (1, 2, 1)
             assert stats.delivered + stats.dropped + stats.buffered == 4
+
+
+class TestEnterIsACancellationPoint:
+    async def test_entering_in_a_cancelled_scope_registers_nothing(self) -> None:
+        async with EventBus() as bus:
+            sub = bus.subscribe()
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                async with sub:
+                    pytest.fail("the block ran in a cancelled scope")
+            assert scope.cancelled_caught
+            assert bus.statistics().subscriptions == ()
+            bus.emit(delta())
+            assert bus.statistics().dropped == 0
+            with pytest.raises(anyio.ClosedResourceError):
+                sub.receive_nowait()
+            with pytest.raises(RuntimeError, match="only once"):
+                await sub.__aenter__()
