@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._bus import EventBus as EventBus
 from ._codec import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
+from ._codec import MAX_DEPTH as MAX_DEPTH
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._events import Event as Event
@@ -46,6 +47,7 @@ from ._subscription import Subscription as Subscription
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
     "DEFAULT_MAX_SIZE",
+    "MAX_DEPTH",
     "YIELD_INTERVAL",
     "BusClosed",
     "BusStatistics",

@@ -30,12 +30,15 @@ their item types), ``Any``. An annotation of another kind accepts any JSON value
 
 Limits: :func:`decode` refuses input over ``max_size`` bytes (default
 :data:`DEFAULT_MAX_SIZE`, 1 MiB), checked before parsing; :func:`encode` has no
-size limit. Nesting is bounded by the interpreter's recursion limit, both ways
-(about 1,000 levels, less when called from deep in a call stack); deeper input
-raises :exc:`~purpose_bus.DecodeError`, a deeper or self-containing value
-``ValueError``. A key repeated in one JSON object keeps its last value, as in
-:func:`json.loads`. A lone surrogate in a string is written as a ``\\udXXX``
-escape. There is no pickle anywhere: only JSON values go in or come out.
+size limit. Nesting is limited to :data:`MAX_DEPTH` (256) levels of arrays and
+objects inside one field, the same limit both ways: deeper input raises
+:exc:`~purpose_bus.DecodeError`, a deeper or self-containing value
+``ValueError``, so whatever :func:`decode` accepts :func:`encode` writes back.
+(Both need that many Python frames of headroom; from deeper in a call stack
+than ~700 frames they refuse sooner.) A key repeated in one JSON object keeps
+its last value, as in :func:`json.loads`. A lone surrogate in a string is
+written as a ``\\udXXX`` escape. There is no pickle anywhere: only JSON values go in or
+come out.
 """
 
 from __future__ import annotations
@@ -56,11 +59,15 @@ import attrs
 from ._events import Event, event_class
 from ._exceptions import DecodeError
 
-__all__ = ["DEFAULT_MAX_SIZE", "decode", "encode"]
+__all__ = ["DEFAULT_MAX_SIZE", "MAX_DEPTH", "decode", "encode"]
 
 #: The default limit of :func:`decode`: input longer than this many bytes
 #: (1 MiB) is refused before it is parsed.
 DEFAULT_MAX_SIZE = 1 << 20
+
+#: The deepest nesting of JSON arrays and objects inside one field that
+#: :func:`decode` accepts and :func:`encode` writes (``{}`` is one level).
+MAX_DEPTH = 256
 
 _Convert = Callable[[Any], Any]
 _MISSING: Any = object()
@@ -511,11 +518,43 @@ def _encode_field(kind: str, field: _Field, value: Any) -> Any:
         ) from None
 
 
+def _too_deep(text: str, data: dict[str, Any]) -> str | None:
+    """The name of the first field of *data* (an event's JSON object) that
+    nests arrays and objects more than :data:`MAX_DEPTH` levels deep, or None.
+
+    The one depth check of both directions, on the same JSON data. An explicit
+    stack, so it never raises RecursionError; *text* (the JSON of *data*) only
+    lets shallow events skip the walk: depth needs that many brackets.
+    """
+    if text.count("[") + text.count("{") <= MAX_DEPTH + 1:
+        return None
+    for name, value in data.items():
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, dict):
+                children: Any = item.values()
+            elif isinstance(item, list):
+                children = item
+            else:
+                continue
+            if depth > MAX_DEPTH:
+                return name
+            stack.extend((child, depth + 1) for child in children)
+    return None
+
+
 def _dump(kind: str, data: dict[str, Any]) -> bytes:
     try:
         text = _dumps(data)
     except (ValueError, RecursionError) as exc:  # e.g. an int too long to print
         raise ValueError(f"cannot encode {kind!r} event: {exc}") from None
+    deep = _too_deep(text, data)
+    if deep is not None:
+        raise ValueError(
+            f"cannot encode {kind!r} event: field {deep} is nested too deeply "
+            f"(more than {MAX_DEPTH} levels of arrays and objects)"
+        )
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: JSON can escape it
@@ -690,9 +729,16 @@ def decode(
     """
     if max_size < 1:
         raise ValueError(f"max_size must be at least 1, got {max_size}")
-    parsed = _parse(_text(data, max_size))
+    text = _text(data, max_size)
+    parsed = _parse(text)
     if not isinstance(parsed, dict):
         raise DecodeError(f"expected a JSON object, got {_describe_json(parsed)}")
+    deep = _too_deep(text, parsed)
+    if deep is not None:
+        raise DecodeError(
+            f"field {_short(deep)} is nested too deeply "
+            f"(more than {MAX_DEPTH} levels of arrays and objects)"
+        )
     cls = _event_class(parsed)
     try:
         plan = _plan(cls)

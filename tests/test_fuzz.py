@@ -27,6 +27,7 @@ from strategies import events, json_values
 
 from purpose_bus import (
     DEFAULT_MAX_SIZE,
+    MAX_DEPTH,
     DecodeError,
     Event,
     Log,
@@ -293,32 +294,64 @@ class TestNesting:
             data = _nested_payload(depth, opening, closing)
             decode_or_decode_error(data, round_trip=False)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="known bug (issue 7): decode accepts about 950 levels of nesting "
-        "that encode, starting one Python frame deeper, refuses",
-    )
     @pytest.mark.parametrize(
-        ("opening", "closing"), [("[", "]"), ('{"a":', "}")], ids=["arrays", "objects"]
+        ("opening", "closing"),
+        [("[", "]"), ('{"a":', "}"), ('[{"a":', "}]")],
+        ids=["arrays", "objects", "mixed"],
     )
-    def test_what_decode_accepts_encode_accepts_from_as_deep(
-        self, opening: str, closing: str
+    def test_one_depth_limit_both_ways(self, opening: str, closing: str) -> None:
+        """The codec's promise: whatever depth decode accepts, encode writes
+        back. Both refuse exactly what nests deeper than ``MAX_DEPTH`` inside a
+        field (was: decode took ~950 levels that encode, one frame deeper,
+        refused)."""
+        per_level = opening.count("[") + opening.count("{")
+        for levels in range(MAX_DEPTH // per_level - 3, MAX_DEPTH // per_level + 3):
+            depth = levels * per_level + 1  # arguments={"a": ...} is a level
+            data = _nested_payload(levels, opening, closing)
+            if depth <= MAX_DEPTH:
+                event = decode(data)
+                assert decode(encode(event)) == event
+            else:
+                with pytest.raises(
+                    DecodeError, match="field 'arguments' is nested too"
+                ):
+                    decode(data)
+                value: Any = 1
+                for _ in range(levels):
+                    value = (
+                        [{"a": value}]
+                        if per_level == 2
+                        else ([value] if opening == "[" else {"a": value})
+                    )
+                with pytest.raises(ValueError, match="field arguments is nested too"):
+                    encode(ToolCall(run_id="r", name="t", arguments={"a": value}))
+
+    @fuzz
+    @given(st.integers(1, MAX_DEPTH + 3), st.integers(0, 400), st.integers(0, 400))
+    def test_refused_exactly_when_deeper_than_the_limit(
+        self, depth: int, width: int, at: int
     ) -> None:
-        """The codec's documented promise: "whatever depth decode accepts,
-        encode accepts too (from a call stack as shallow)". Both are called
-        from this same frame, at every depth up to the deepest decode takes."""
-        limit = sys.getrecursionlimit()
-        refused: list[int] = []
-        for depth in range(limit - 80, limit + 5):
-            try:
-                event = decode(_nested_payload(depth, opening, closing))
-            except DecodeError:
-                continue
-            try:
+        """Many brackets, little depth is fine: a chain *depth* levels deep
+        with *width* empty arrays beside it at level ``min(at, depth)``."""
+        value: Any = []
+        for level in range(depth - 1, 0, -1):
+            value = [value, *([[]] * width)] if level == min(at, depth - 1) else [value]
+        event = ToolCall(run_id="r", name="t", arguments={"a": value})
+        if depth + 1 <= MAX_DEPTH:  # arguments itself is a level
+            assert decode(encode(event)) == event
+        else:
+            with pytest.raises(ValueError, match="nested too deeply"):
                 encode(event)
-            except ValueError:
-                refused.append(depth)
-        assert refused == [], f"decode accepted, encode refused depths {refused}"
+            data = json.dumps(
+                {
+                    "kind": "tool.call",
+                    "run_id": "r",
+                    "name": "t",
+                    "arguments": {"a": value},
+                }
+            )
+            with pytest.raises(DecodeError, match="nested too deeply"):
+                decode(data)
 
 
 # -- size --------------------------------------------------------------------------
