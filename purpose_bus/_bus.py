@@ -22,6 +22,7 @@ from ._guards import Guard, reject_hidden_reasoning
 from ._history import History
 from ._index import SubscriberIndex
 from ._overflow import Overflow
+from ._remote import MergedReplay, ReplaySource
 from ._statistics import BusStatistics
 from ._subscription import Subscription
 from ._threads import ThreadHandoff
@@ -122,6 +123,7 @@ class EventBus:
         self._publish_streak = 0
         self._names = itertools.count(1)
         self._taps: tuple[Tap, ...] = ()
+        self._replay_sources: tuple[ReplaySource, ...] = ()
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -284,6 +286,20 @@ class EventBus:
 
         def remove() -> None:
             self._taps = tuple(t for t in self._taps if t is not tap)
+
+        return remove
+
+    def _add_replay_source(self, source: ReplaySource) -> Callable[[], None]:
+        """Make ``subscribe(run_id=..., replay=True)`` (no ``after``) read the
+        run from *source* too (see :class:`~purpose_bus._remote.MergedReplay`),
+        from the next call of :meth:`subscribe` on. Returns a function that
+        removes the source."""
+        self._replay_sources = (*self._replay_sources, source)
+
+        def remove() -> None:
+            self._replay_sources = tuple(
+                s for s in self._replay_sources if s is not source
+            )
 
         return remove
 
@@ -487,7 +503,11 @@ class EventBus:
         :param buffer_size: the bound of its buffer (default: the bus's)
         :param overflow: its :class:`Overflow` policy (default: the bus's)
         :param replay: deliver the matching history first, then live events,
-            with no gap and no duplicate at the switch
+            with no gap and no duplicate at the switch. Scoped to one
+            ``run_id``, without ``after``, on a bus with an open
+            :class:`~purpose_bus.redis.RedisBridge` (when this is called), it
+            reaches back into Redis: entering reads the run from there, and
+            those events come first (see the bridge's documentation)
         :param after: resume after this offset (replaying what history still
             holds after it); offsets history no longer holds are counted as
             dropped; an offset beyond the newest starts live
@@ -504,16 +524,17 @@ class EventBus:
         size = self._buffer_size if buffer_size is None else buffer_size
         if after is not None:
             _positive("after", after, 0)
-        return Subscription(
-            self,
-            flt,
-            buffer_size=_positive("buffer_size", size, 1),
-            overflow=self._overflow if overflow is None else _overflow(overflow),
-            gap_events=bool(gap_events),
-            replay=bool(replay),
-            after=after,
-            name=name if name is not None else f"subscription-{next(self._names)}",
-        )
+        options: dict[str, Any] = {
+            "buffer_size": _positive("buffer_size", size, 1),
+            "overflow": self._overflow if overflow is None else _overflow(overflow),
+            "gap_events": bool(gap_events),
+            "replay": bool(replay),
+            "after": after,
+            "name": name if name is not None else f"subscription-{next(self._names)}",
+        }
+        if replay and after is None and flt.single_run and self._replay_sources:
+            return MergedReplay(self, flt, sources=self._replay_sources, **options)
+        return Subscription(self, flt, **options)
 
     def _register(self, subscription: Subscription[Event]) -> None:
         self._check_open()

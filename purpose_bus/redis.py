@@ -22,7 +22,12 @@ the bridge runs on asyncio and on trio), for Redis 6.2 or newer. Install the
   or duplicated, unless a reader stays away so long that its feed is trimmed
   past it: that loss is counted (``lost``) and logged.
 * **Replay across processes.** :meth:`RedisBridge.replay` reads a run back from
-  Redis; :meth:`RedisBridge.subscribe_replay` replays it and continues live.
+  Redis. While the bridge is open, ``bus.subscribe(run_id=..., replay=True)``
+  (without ``after``) reaches back into Redis too: entering registers on the
+  local bus, then reads the run from Redis; it hands out those events first,
+  then the local history and live events, skipping any with a ``span_id``
+  handed out already, and ends after the run's terminal event.
+  (:meth:`RedisBridge.subscribe_replay` is a shorthand for it.)
 
 Key layout (``P`` the prefix; ``k`` the run's partition, ``crc32(run_id) mod
 partitions``; the braces are Redis Cluster hash tags)::
@@ -70,12 +75,11 @@ from ._bus import EventBus
 from ._codec import DEFAULT_MAX_SIZE, decode, encode
 from ._events import Event, Visibility
 from ._exceptions import BusClosed, DecodeError
-from ._filters import KindsArg, StrArg, make_filter
+from ._filters import EventFilter, KindsArg, StrArg, make_filter
 from ._overflow import Overflow
-from ._statistics import SubscriptionStatistics
 from ._subscription import YIELD_INTERVAL, Subscription
 
-__all__ = ["BridgeStatistics", "RedisBridge", "RemoteReplay", "partition_of"]
+__all__ = ["BridgeStatistics", "RedisBridge", "partition_of"]
 
 logger = logging.getLogger("purpose_bus.redis")
 
@@ -326,6 +330,7 @@ class RedisBridge:
         self._task_group: TaskGroup | None = None
         self._remove_tap: Callable[[], None] | None = None
         self._entered = self._closed = self._stopped = False
+        self._remove_source: Callable[[], None] | None = None
         # The writer: events waiting, the wake-up, and what is settled (written
         # or dropped) of all the events ever accepted for export.
         self._pending: deque[Event] = deque()
@@ -416,6 +421,7 @@ class RedisBridge:
             await self._task_group.start(self._write_loop)
             await self._task_group.start(self._read_loop)
             self._remove_tap = self._bus._add_tap(self._tap)
+            self._remove_source = self._bus._add_replay_source(self._replay_source)
         except BaseException:
             self._closed = self._stopped = True
             if self._task_group is not None:
@@ -444,6 +450,8 @@ class RedisBridge:
             return
         if self._remove_tap is not None:
             self._remove_tap()
+        if self._remove_source is not None:
+            self._remove_source()
         with anyio.move_on_after(self._close_timeout, shield=True):
             await self.flush()
         self._stopped = True
@@ -899,6 +907,16 @@ class RedisBridge:
                     raise
                 await self._failed("replay", exc, backoff)
 
+    async def _replay_source(self, flt: EventFilter) -> list[Event]:
+        """The bus's replay source: the run of a run-scoped filter, from Redis."""
+        assert flt.single_run is not None
+        return await self.replay(
+            run_id=flt.single_run,
+            lane_id=flt.lane_ids,
+            kinds=flt.kinds,
+            visibility=flt.visibility,
+        )
+
     def subscribe_replay(
         self,
         *,
@@ -909,22 +927,20 @@ class RedisBridge:
         buffer_size: int | None = None,
         overflow: Overflow | None = None,
         name: str | None = None,
-    ) -> RemoteReplay:
-        """Replay run *run_id* from Redis, then go on with its live events from
-        the local bus, with no gap and no duplicate at the switch; use it as
-        ``async with bridge.subscribe_replay(run_id=...) as sub: async for event
-        in sub: ...``. It ends after the run's terminal event (at once after the
-        replay if the run had ended). The arguments are those of
-        :meth:`EventBus.subscribe`.
-
-        This is ``bus.subscribe(run_id=..., replay=True)`` reaching back into
-        Redis for a run the local history never held, or no longer holds.
+    ) -> Subscription[Event]:
+        """``bus.subscribe(run_id=run_id, replay=True, ...)`` on the bridged
+        bus, which, while this bridge is open, reaches back into Redis: the
+        run's events from Redis first, then the local history and live events,
+        with no gap and no duplicate; it ends after the run's terminal event.
+        The arguments are those of :meth:`EventBus.subscribe`.
 
         :raises TypeError, ValueError: as :meth:`EventBus.subscribe`
+        :raises RuntimeError: if the bridge is not open
         """
         if not isinstance(run_id, str):
             raise TypeError(f"run_id must be a string, not {type(run_id).__name__}")
-        live = self._bus.subscribe(
+        self._require_open()
+        return self._bus.subscribe(
             run_id=run_id,
             lane_id=lane_id,
             kinds=kinds,
@@ -934,120 +950,3 @@ class RedisBridge:
             replay=True,
             name=name,
         )
-        return RemoteReplay(self, live)
-
-
-class RemoteReplay:
-    """A run's events from Redis, then live from the local bus; made by
-    :meth:`RedisBridge.subscribe_replay`.
-
-    Entering registers a subscription on the local bus (its history of the run,
-    then live events, buffered from that moment), then reads the run from Redis.
-    Events are handed out in this order: those from Redis, in the order they
-    were appended (up to a terminal event, after which iteration ends); then
-    the local subscription's, skipping any handed out already (same
-    ``span_id``). Those from Redis carry the ``offset`` of the bus that first
-    accepted them, the local ones the local offset.
-    """
-
-    def __init__(self, bridge: RedisBridge, live: Subscription[Event]) -> None:
-        self._bridge = bridge
-        self._live = live
-        self._backlog: deque[Event] = deque()
-        self._seen: set[str] = set()
-        self._ended = self._closed = False
-        self._replayed = 0
-        self._streak = 0
-
-    @property
-    def replayed(self) -> int:
-        """How many events came from Redis."""
-        return self._replayed
-
-    async def __aenter__(self) -> RemoteReplay:
-        """Register on the local bus, then read the run from Redis. Cancelled,
-        it leaves nothing registered.
-
-        :raises BusClosed: if the bus is not open
-        :raises RuntimeError: if the bridge is not open, or if this was entered
-            before
-        :raises coredis.exceptions.ConnectionError: if Redis stays unreachable
-        """
-        await self._live.__aenter__()
-        try:
-            flt = self._live.filter
-            assert flt.single_run is not None
-            events = await self._bridge.replay(
-                run_id=flt.single_run,
-                lane_id=flt.lane_ids,
-                kinds=flt.kinds,
-                visibility=flt.visibility,
-            )
-        except BaseException:
-            self._live.close()
-            raise
-        for event in events:
-            self._backlog.append(event)
-            self._seen.add(event.span_id)
-            if event.terminal:
-                self._ended = True
-                break
-        self._replayed = len(self._backlog)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the local subscription and discard what is waiting; afterwards
-        :meth:`receive` raises :exc:`anyio.ClosedResourceError`. Idempotent."""
-        self._closed = True
-        self._backlog.clear()
-        self._live.close()
-
-    def statistics(self) -> SubscriptionStatistics:
-        """The local subscription's counters (the events from Redis are not in
-        them)."""
-        return self._live.statistics()
-
-    def __aiter__(self) -> RemoteReplay:
-        return self
-
-    async def __anext__(self) -> Event:
-        self._streak += 1
-        if self._streak < YIELD_INTERVAL:
-            await checkpoint_if_cancelled()
-        else:
-            self._streak = 0
-            await checkpoint()
-        if self._closed:
-            raise anyio.ClosedResourceError
-        if self._backlog:
-            return self._backlog.popleft()
-        if self._ended:
-            self._live.close()
-            raise StopAsyncIteration
-        while True:
-            event = await self._live.__anext__()
-            if event.span_id not in self._seen:
-                return event
-
-    async def receive(self) -> Event:
-        """The next event, waiting for one if none is ready. Always a
-        cancellation point; yields to the scheduler at least once every
-        :data:`~purpose_bus.YIELD_INTERVAL` calls. Cancelled while waiting, it
-        loses nothing.
-
-        :raises anyio.EndOfStream: after the run's terminal event, or once the
-            bus has closed and everything was received
-        :raises anyio.ClosedResourceError: after :meth:`close`
-        """
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise anyio.EndOfStream from None

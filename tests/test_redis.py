@@ -716,7 +716,7 @@ class TestReplay:
             replayed = await bridge.replay(run_id="long")
             assert [e.seq for e in replayed] == list(range(1, 2501))
 
-    async def test_subscribe_replay_reaches_back_then_goes_live_without_gap(
+    async def test_subscribe_with_replay_reaches_back_then_goes_live_without_gap(
         self, redis_url: str, prefix: str
     ) -> None:
         async with node(redis_url, prefix) as (one, writer):
@@ -726,11 +726,11 @@ class TestReplay:
             await writer.flush()
             # A joiner whose bridge opens now never saw the events above.
             async with (
-                node(redis_url, prefix) as (two, bridge),
-                bridge.subscribe_replay(run_id="r") as sub,
+                node(redis_url, prefix) as (two, _),
+                two.subscribe(run_id="r", replay=True) as sub,
             ):
                 assert two.replay(run_id="r") == []
-                assert sub.replayed == 31
+                assert sub.statistics().buffered == 0  # all 31 from Redis
                 early = [await sub.receive() for _ in range(10)]
                 for i in range(30, 40):
                     one.emit(MessageDelta(run_id="r", text=str(i)))
@@ -750,7 +750,7 @@ class TestReplay:
             for i in range(20):
                 one.emit(MessageDelta(run_id="r", text=str(i)))
             await wait_until(lambda: bridge.statistics().imported == 20)
-            async with bridge.subscribe_replay(run_id="r") as sub:
+            async with two.subscribe(run_id="r", replay=True) as sub:
                 one.emit(RunFinished(run_id="r"))
                 with anyio.fail_after(10):
                     received = [event async for event in sub]
@@ -766,7 +766,7 @@ class TestReplay:
             one.emit(RunFinished(run_id="r"))
             await writer.flush()
         async with node(redis_url, prefix) as (_, bridge):
-            async with bridge.subscribe_replay(run_id="r") as sub:
+            async with bridge.subscribe_replay(run_id="r") as sub:  # the shorthand
                 assert [e.kind async for e in sub] == ["run.started", "run.finished"]
                 with pytest.raises(anyio.EndOfStream):
                     await sub.receive()

@@ -17,7 +17,7 @@ command per line on stdin with one JSON line on stdout:
 - ``{"op": "stats"}``: the bridge's statistics and, per run, the events the
   bus's history holds.
 - ``{"op": "replay", "run": R}``: the run read back with ``bridge.replay`` and
-  with ``bridge.subscribe_replay``.
+  with ``bus.subscribe(run_id=R, replay=True)`` (which reaches into Redis).
 - ``{"op": "exit"}``: leave the bridge and the bus, and exit.
 """
 
@@ -87,10 +87,10 @@ async def wait_imported(bus: EventBus, bridge: RedisBridge, count: int) -> Any:
     return statistics(bus, bridge)
 
 
-async def replay(bridge: RedisBridge, run: str) -> Any:
+async def replay(bus: EventBus, bridge: RedisBridge, run: str) -> Any:
     replayed = await bridge.replay(run_id=run)
     with anyio.fail_after(10):
-        async with bridge.subscribe_replay(run_id=run) as sub:
+        async with bus.subscribe(run_id=run, replay=True) as sub:
             subscribed = [describe(event) async for event in sub]
     return {"replay": [describe(e) for e in replayed], "subscribe": subscribed}
 
@@ -117,7 +117,7 @@ async def main(url: str, prefix: str) -> None:
             elif op == "stats":
                 answer = statistics(bus, bridge)
             elif op == "replay":
-                answer = await replay(bridge, command["run"])
+                answer = await replay(bus, bridge, command["run"])
             else:
                 raise ValueError(f"unknown command {op!r}")
             print(json.dumps(answer), flush=True)

@@ -1,0 +1,206 @@
+"""Tests of replay sources: ``subscribe(run_id=..., replay=True)`` on a bus that
+can read runs from beyond its history (what an open ``RedisBridge`` does; here
+a source in memory, so that every case runs fast on both backends; the Redis
+cases are in ``test_redis.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import anyio
+import pytest
+from anyio.lowlevel import checkpoint
+from helpers import delta, drain, texts
+
+from purpose_bus import (
+    Event,
+    EventBus,
+    EventFilter,
+    MessageDelta,
+    RunFinished,
+    RunStarted,
+    Subscription,
+    Visibility,
+)
+from purpose_bus._remote import MergedReplay
+
+PRIVATE = Visibility.PRIVATE
+
+
+class Source:
+    """Holds runs of "another process": events as that process stamped them."""
+
+    def __init__(self, events: Sequence[Event] = ()) -> None:
+        self.events = list(events)
+        self.asked: list[EventFilter] = []
+        self.gate: anyio.Event | None = None
+        self.error: BaseException | None = None
+
+    async def __call__(self, flt: EventFilter) -> list[Event]:
+        self.asked.append(flt)
+        if self.gate is not None:
+            await self.gate.wait()
+        await checkpoint()
+        if self.error is not None:
+            raise self.error
+        return [e for e in self.events if flt.matches(e)]
+
+
+async def elsewhere(*events: Event) -> list[Event]:
+    """*events* as another bus stamps them (their own offsets, seq, span ids)."""
+    stamped: list[Event] = []
+    async with EventBus() as other:
+        for event in events:
+            published = await other.publish(event)
+            assert published is not None
+            stamped.append(published)
+    return stamped
+
+
+class TestWhenASourceIsUsed:
+    async def test_only_run_scoped_replays_without_after(self) -> None:
+        async with EventBus() as bus:
+            remove = bus._add_replay_source(Source())
+            assert isinstance(bus.subscribe(run_id="r1", replay=True), MergedReplay)
+            for sub in [
+                bus.subscribe(run_id="r1"),
+                bus.subscribe(replay=True),
+                bus.subscribe(run_id=["r1", "r2"], replay=True),
+                bus.subscribe(run_id="r1", replay=True, after=0),
+            ]:
+                assert type(sub) is Subscription
+            remove()
+            assert type(bus.subscribe(run_id="r1", replay=True)) is Subscription
+
+    async def test_the_source_gets_the_subscriptions_filter(self) -> None:
+        source = Source()
+        async with EventBus() as bus:
+            bus._add_replay_source(source)
+            sub = bus.subscribe(
+                run_id="r1", lane_id="a", kinds=MessageDelta, replay=True
+            )
+            async with sub:
+                pass
+        assert source.asked == [sub.filter]
+
+
+class TestOrder:
+    async def test_source_first_then_history_then_live_each_once(self) -> None:
+        remote = await elsewhere(RunStarted(run_id="r1"), *map(delta, "abc"))
+        async with EventBus() as bus:
+            bus._add_replay_source(Source(remote))
+            # The local bus holds some of them (imported), and one of its own.
+            for event in remote[2:]:
+                await bus._ingest(event, "remote")
+            bus.emit(delta("local"))
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                bus.emit(delta("live"))
+                got = drain(sub)
+                assert [e.span_id for e in got[:4]] == [e.span_id for e in remote]
+                assert texts(got) == ["a", "b", "c", "local", "live"]
+                bus.emit(RunFinished(run_id="r1"))
+                with anyio.fail_after(5):
+                    rest = [e async for e in sub]
+                assert [e.kind for e in rest] == ["run.finished"]
+                # Local events skipped as handed out already count as delivered.
+                stats = sub.statistics()
+                assert (stats.delivered, stats.dropped, stats.buffered) == (5, 0, 0)
+
+    async def test_a_run_the_source_saw_end_ends_after_the_local_history(
+        self,
+    ) -> None:
+        remote = await elsewhere(
+            RunStarted(run_id="r1"), delta("a"), RunFinished(run_id="r1")
+        )
+        async with EventBus() as bus:
+            bus._add_replay_source(Source(remote))
+            # Held locally too, plus a private event Redis would never hold.
+            await bus._ingest(remote[0], "remote")
+            bus.emit(MessageDelta(run_id="r1", text="private", visibility=PRIVATE))
+            sub = bus.subscribe(run_id="r1", replay=True, visibility=PRIVATE)
+            async with sub:
+                with anyio.fail_after(5):
+                    got = [e async for e in sub]
+                assert [e.kind for e in got] == [e.kind for e in remote] + [
+                    "message.delta"
+                ]
+                assert texts(got) == ["a", "private"]
+                with pytest.raises(anyio.EndOfStream):
+                    await sub.receive()
+                with pytest.raises(anyio.EndOfStream):
+                    sub.receive_nowait()
+                assert bus.statistics().subscriptions == ()
+            with pytest.raises(anyio.ClosedResourceError):
+                await sub.receive()
+
+    async def test_nothing_in_the_source_is_plain_replay(self) -> None:
+        async with EventBus() as bus:
+            bus._add_replay_source(Source())
+            bus.emit(delta("a"))
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                bus.emit(delta("b"))
+                assert texts(drain(sub)) == ["a", "b"]
+
+
+class TestCancellationAndFailure:
+    async def test_cancelled_while_reading_the_source_leaves_nothing(self) -> None:
+        source = Source()
+        source.gate = anyio.Event()
+        async with EventBus() as bus:
+            bus._add_replay_source(source)
+            sub = bus.subscribe(run_id="r1", replay=True)
+            with anyio.CancelScope() as scope:
+
+                async def cancel_when_reading() -> None:
+                    await anyio.wait_all_tasks_blocked()
+                    assert source.asked
+                    scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(cancel_when_reading)
+                    async with sub:
+                        pytest.fail("entered although cancelled")
+            assert scope.cancelled_caught
+            assert bus.statistics().subscriptions == ()
+            with pytest.raises(anyio.ClosedResourceError):
+                sub.receive_nowait()
+
+    async def test_a_failing_source_closes_the_subscription(self) -> None:
+        source = Source()
+        source.error = ConnectionError("redis is down")
+        async with EventBus() as bus:
+            bus._add_replay_source(source)
+            sub = bus.subscribe(run_id="r1", replay=True)
+            with pytest.raises(ConnectionError, match="redis is down"):
+                async with sub:
+                    pytest.fail("entered although the source failed")
+            assert bus.statistics().subscriptions == ()
+            with pytest.raises(anyio.ClosedResourceError):
+                await sub.receive()
+
+
+class TestReceiving:
+    async def test_receive_nowait_and_close(self) -> None:
+        remote = await elsewhere(delta("a"), delta("b"))
+        async with EventBus() as bus:
+            bus._add_replay_source(Source(remote))
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                assert texts([sub.receive_nowait()]) == ["a"]
+                assert texts([sub.receive_nowait()]) == ["b"]
+                with pytest.raises(anyio.WouldBlock):
+                    sub.receive_nowait()
+                sub.close()
+                with pytest.raises(anyio.ClosedResourceError):
+                    sub.receive_nowait()
+                with pytest.raises(anyio.ClosedResourceError):
+                    await sub.receive()
+
+    async def test_visibility_is_the_sources_business_and_kept(self) -> None:
+        remote = await elsewhere(
+            delta("public"),
+            MessageDelta(run_id="r1", text="internal", visibility=Visibility.INTERNAL),
+        )
+        async with EventBus() as bus:
+            bus._add_replay_source(Source(remote))
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                assert texts(drain(sub)) == ["public"]
