@@ -11,6 +11,8 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 from helpers import delta, drain, texts
+from hypothesis import given
+from hypothesis import strategies as st
 
 from purpose_bus import (
     Event,
@@ -204,3 +206,50 @@ class TestReceiving:
             bus._add_replay_source(Source(remote))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 assert texts(drain(sub)) == ["public"]
+
+
+class TestGapless:
+    @given(
+        deltas=st.integers(0, 10),
+        finished=st.booleans(),
+        cuts=st.lists(st.integers(0, 12), min_size=3, max_size=3),
+        early=st.integers(0, 12),
+    )
+    async def test_every_event_once_in_order(
+        self, deltas: int, finished: bool, cuts: list[int], early: int
+    ) -> None:
+        """A run of *n* events: Redis holds the first *a* of them (what was
+        written when it was read), the local bus a stretch ``[b, c)`` with
+        ``b <= a`` (it joined the run late), and the rest arrives live after
+        entering (*early* of it before the first receive). Every event is
+        handed out once, in the run's order, and the subscription ends after
+        the terminal event (if there is one)."""
+        run = [
+            RunStarted(run_id="r1"),
+            *(delta(str(i)) for i in range(deltas)),
+            *([RunFinished(run_id="r1")] if finished else []),
+        ]
+        remote = await elsewhere(*run)
+        n = len(remote)
+        a, b, c = (min(cut, n) for cut in cuts)
+        a, b = max(a, b), min(a, b)  # b <= a: together they reach back to 0
+        c = max(b, c)
+        async with EventBus() as bus:
+            bus._add_replay_source(Source(remote[:a]))
+            for event in remote[b:c]:
+                await bus._ingest(event, "remote")
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                live = remote[c:]
+                for event in live[:early]:
+                    await bus._ingest(event, "remote")
+                got = drain(sub)
+                for event in live[early:]:
+                    await bus._ingest(event, "remote")
+                got += drain(sub)
+                assert [e.span_id for e in got] == [e.span_id for e in remote]
+                if finished:
+                    with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
+                        await sub.receive()
+                else:
+                    with pytest.raises(anyio.WouldBlock):
+                        sub.receive_nowait()
