@@ -49,6 +49,11 @@ from systems._base import Adapter  # noqa: E402
 CATEGORIES = [
     ("publisher side: EventBus.emit", "emit", "purpose_bus/_bus.py"),
     ("subscriber side: Subscription.__anext__", "__anext__", "_subscription.py"),
+    (
+        "subscriber side: Subscription.receive_batch",
+        "receive_batch",
+        "_subscription.py",
+    ),
     ("harness: publisher loop (and its yields)", "publish", "_scenarios.py"),
     ("subscriber loop: `async for` in the caller, handler", "_consume", "systems/"),
 ]
@@ -60,6 +65,7 @@ DETAILS = [
     (0, "stamp a frozen copy", "stamped", "purpose_bus/_events.py"),
     (0, "History.append", "append", "purpose_bus/_history.py"),
     (0, "OverflowSender.offer (x subscribers)", "offer", "purpose_bus/_sender.py"),
+    (0, "offer_each (x subscribers)", "offer_each", "purpose_bus/_sender.py"),
     (0, "  anyio send_nowait", "send_nowait", "anyio/streams/memory.py"),
     (0, "  wake a waiting subscriber (_wake)", "_wake", "purpose_bus/_sender.py"),
     (1, "anyio checkpoint_if_cancelled", "checkpoint_if_cancelled", "anyio/"),
@@ -67,7 +73,9 @@ DETAILS = [
     (1, "OverflowSender.take", "take", "purpose_bus/_sender.py"),
     (1, "  anyio receive_nowait", "receive_nowait", "anyio/streams/memory.py"),
     (1, "OverflowSender.wait (set up a wait)", "wait", "purpose_bus/_sender.py"),
-    (3, "handler (count)", "handler", "_scenarios.py"),
+    (2, "OverflowSender.take_batch", "take_batch", "purpose_bus/_sender.py"),
+    (2, "  anyio receive_nowait", "receive_nowait", "anyio/streams/memory.py"),
+    (4, "handler (count)", "handler", "_scenarios.py"),
 ]
 
 

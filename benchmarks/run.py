@@ -275,35 +275,41 @@ def key_ratios(
         for p in PEERS
         if (v := metric(results, "fanout", p, "subs_10")) is not None
     }
+    # Per event (``async for event in sub``) and per batch (``sub.batches()``).
+    variants = (("per event", pb), ("batch", pb + "-batch"))
     if peers:
         fastest = max(peers, key=lambda p: peers[p])
-        value = paired_ratio(records, "fanout", pb, fastest, "subs_10")
-        add(
-            f"fan-out 10 subs: purpose_bus / fastest peer ({fastest})",
-            value,
-            ">= 1.0x",
-            at_least(value, 1.0),
-        )
+        for how, name in variants:
+            value = paired_ratio(records, "fanout", name, fastest, "subs_10")
+            add(
+                f"fan-out 10 subs: purpose_bus ({how}) / fastest peer ({fastest})",
+                value,
+                ">= 1.0x",
+                at_least(value, 1.0),
+            )
     for other in ("asyncio-queue", "raw-anyio-asyncio"):
-        value = paired_ratio(records, "fanout", pb, other, "subs_10")
-        add(f"fan-out 10 subs: purpose_bus / {other}", value, "", None)
+        for how, name in variants:
+            value = paired_ratio(records, "fanout", name, other, "subs_10")
+            add(f"fan-out 10 subs: purpose_bus ({how}) / {other}", value, "", None)
     for peer in ("blinker-sync", "asyncio-queue", "seed"):
         value = paired_ratio(records, "fanout", peer, "raw-anyio-asyncio", "subs_10")
         add(f"fan-out 10 subs: {peer} / raw-anyio-asyncio", value, "(reference)", None)
     for backend, floor in (("trio", 2.0), ("uvloop", None)):
-        value = paired_ratio(
-            records,
-            "fanout",
-            f"purpose_bus-{backend}",
-            f"raw-anyio-{backend}",
-            "subs_10",
-        )
-        add(
-            f"fan-out 10 subs, {backend}: purpose_bus / raw-anyio-{backend}",
-            value,
-            f">= {floor:.1f}x" if floor else "",
-            at_least(value, floor) if floor else None,
-        )
+        for how, suffix in (("per event", ""), ("batch", "-batch")):
+            value = paired_ratio(
+                records,
+                "fanout",
+                f"purpose_bus-{backend}{suffix}",
+                f"raw-anyio-{backend}",
+                "subs_10",
+            )
+            add(
+                f"fan-out 10 subs, {backend}: purpose_bus ({how})"
+                f" / raw-anyio-{backend}",
+                value,
+                f">= {floor:.1f}x" if floor else "",
+                at_least(value, floor) if floor else None,
+            )
     for name in ("purpose_bus-asyncio", "purpose_bus-uvloop", "purpose_bus-trio"):
         value = metric(results, "idle", name, "ratio")
         add(
@@ -659,14 +665,15 @@ def plot(results: Record, systems: Sequence[str], path: Path, quick: bool) -> bo
         m = cell(results, "fanout", name)
         if m is None:
             continue
-        loop = name.rsplit("-", 1)[-1]
+        batch = name.endswith("-batch")
+        loop = name.removesuffix("-batch").rsplit("-", 1)[-1]
         pair = name.startswith(("purpose_bus-", "raw-anyio-")) and loop in paired
         style: dict[str, Any] = {
             "marker": "o",
             "color": paired[loop] if pair else next(others),
         }
         if name.startswith("purpose_bus"):
-            style.update(linewidth=2.8)
+            style.update(linewidth=2.8, linestyle=":" if batch else "-")
         elif name.startswith("raw-"):
             style.update(linestyle="--")
         else:

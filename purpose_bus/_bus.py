@@ -23,6 +23,7 @@ from ._history import History
 from ._index import SubscriberIndex
 from ._overflow import Overflow
 from ._remote import MergedReplay, ReplaySource
+from ._sender import offer_each
 from ._statistics import BusStatistics
 from ._subscription import Subscription
 from ._threads import ThreadHandoff
@@ -208,7 +209,12 @@ class EventBus:
         if threading.get_ident() != self._loop_thread:
             self._handoff.put(event)
             return
-        self._check(event)
+        if (
+            self._state != _OPEN
+            or not isinstance(event, Event)
+            or isinstance(event, EventsDropped)
+        ):
+            self._check(event)  # raises
         if self._guards and self._guarded(event) is None:
             return
         if self._index.blocking or event.run_id in self._finished:
@@ -376,7 +382,12 @@ class EventBus:
 
     def _targets(self, event: Event) -> list[Subscription[Event]]:
         candidates = self._index.candidates(event.run_id)
-        return [subscription for match, _, subscription in candidates if match(event)]
+        visibility = event.visibility
+        return [
+            subscription
+            for level, match, _, subscription in candidates
+            if visibility <= level and (match is None or match(event))
+        ]
 
     def _accept(
         self,
@@ -385,40 +396,49 @@ class EventBus:
         source: object = None,
     ) -> Event:
         run_id = event.run_id
-        lanes = self._seqs.get(run_id)
+        lane_id = event.lane_id
+        seqs = self._seqs
+        lanes = seqs.get(run_id)
         if lanes is None:
-            lanes = self._seqs[run_id] = {}
-            if len(self._seqs) > self._max_runs:
-                self._seqs.popitem(last=False)
+            lanes = seqs[run_id] = {}
+            if len(seqs) > self._max_runs:
+                seqs.popitem(last=False)
         else:
-            self._seqs.move_to_end(run_id)
-        last = lanes.get(event.lane_id, 0)
+            seqs.move_to_end(run_id)
+        last = lanes.get(lane_id, 0)
         if source is None:
-            seq = lanes[event.lane_id] = last + 1
+            seq = lanes[lane_id] = last + 1
         else:  # accepted elsewhere first: keep its seq; local ones continue after
             seq = event.seq
             if seq > last:
-                lanes[event.lane_id] = seq
-        self._offset += 1
+                lanes[lane_id] = seq
+        offset = self._offset = self._offset + 1
         stamp = _stampers.get(type(event))
         if stamp is None:
             stamp = stamper(type(event))
-        event = stamp(event, seq, self._offset)
+        event = stamp(event, seq, offset)
         evicted = self._history.append(event)
         if evicted is not None and self._replaying:
             self._lost_from_history(evicted)
-        if targets is None:
-            for match, sender, _ in self._index.candidates(run_id):
-                if match(event):
-                    sender.offer(event)
+        if event.terminal:
+            self._deliver_terminal(event, targets)
+            self._finish(run_id)
+        elif targets is None:
+            offer_each(event, self._index.candidates(run_id))  # the hot path
         else:
             for subscription in targets:
                 subscription.sender.offer(event)
-        if event.terminal:
-            self._finish(run_id)
         if self._taps:
             self._tap(event, source)
         return event
+
+    def _deliver_terminal(
+        self, event: Event, targets: Iterable[Subscription[Event]] | None
+    ) -> None:
+        if targets is None:
+            targets = self._targets(event)
+        for subscription in targets:
+            subscription.sender.offer_terminal(event)
 
     def _tap(self, event: Event, source: object) -> None:
         for tap in self._taps:
@@ -432,7 +452,7 @@ class EventBus:
         self._finished[run_id] = None
         if len(self._finished) > self._max_runs:
             self._finished.popitem(last=False)
-        for _, sender, subscription in self._index.bucket(run_id):
+        for _, _, sender, subscription in self._index.bucket(run_id):
             if subscription.filter.single_run == run_id:
                 sender.end()
                 self._index.remove(subscription)

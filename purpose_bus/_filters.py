@@ -9,7 +9,7 @@ import attrs
 
 from ._events import Event, Visibility
 
-__all__ = ["EventFilter", "KindsArg", "StrArg", "make_filter"]
+__all__ = ["EventFilter", "KindsArg", "StrArg", "lane_and_kind_matcher", "make_filter"]
 
 #: One string or a collection of strings.
 StrArg = str | Iterable[str] | None
@@ -102,6 +102,17 @@ class EventFilter:
             and (self.lane_ids is None or event.lane_id in self.lane_ids)
             and (self.kinds is None or event.kind in self.kinds)
         )
+
+
+def lane_and_kind_matcher(flt: EventFilter) -> Callable[[Event], bool] | None:
+    """The lane and kind conditions of *flt* as a function, ``None`` if it has
+    neither (for the bus's run index, which checks run and visibility itself)."""
+    lanes, kinds = flt.lane_ids, flt.kinds
+    if lanes is None:
+        return None if kinds is None else lambda e: e.kind in kinds
+    if kinds is None:
+        return lambda e: e.lane_id in lanes
+    return lambda e: e.lane_id in lanes and e.kind in kinds
 
 
 def make_filter(

@@ -7,7 +7,6 @@ reason to reject it.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
-from operator import attrgetter
 from typing import Any
 
 import attrs
@@ -74,27 +73,46 @@ def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
     folded = frozenset(key.casefold() for key in keys)
     if not folded:
         raise ValueError("hidden_reasoning_guard needs at least one key")
-    fields_of: dict[type[Event], tuple[tuple[str, ...], Callable[[Event], Any]]] = {}
+    checks: dict[type[Event], Guard] = {}
 
     def guard(event: Event) -> str | None:
-        cls = type(event)
-        found = fields_of.get(cls)
-        if found is None:
-            names = tuple(a.name for a in attrs.fields(cls))
-            found = fields_of[cls] = (names, attrgetter(*names))
-        names, values = found
-        for index, value in enumerate(values(event)):
-            if type(value) in _SCALAR_TYPES or not value:
-                continue  # the common case: a scalar, or an empty payload
-            key = _find_key(value, folded)
-            if key is not None:
-                return (
-                    f"{event.kind} event carries hidden reasoning ({names[index]} "
-                    f"key {key!r}); publish a ReasoningSummary instead"
-                )
-        return None
+        check = checks.get(type(event))
+        if check is None:
+            check = checks[type(event)] = _field_checker(type(event), folded)
+        return check(event)
 
     return guard
+
+
+def _field_checker(cls: type[Event], keys: frozenset[str]) -> Guard:
+    """Generate the guard's check for *cls*: each field read once, scalars and
+    empty containers skipped inline, the rest searched for *keys*. (The code is
+    built from attrs field names, which are identifiers.)"""
+    namespace: dict[str, Any] = {
+        "scalars": _SCALAR_TYPES,
+        "find": _find_key,
+        "keys": keys,
+        "reason": _reason,
+    }
+    lines = ["def check(event):"]
+    for field in attrs.fields(cls):
+        lines += [
+            f"    value = event.{field.name}",
+            "    if type(value) is not str and type(value) not in scalars and value:",
+            "        key = find(value, keys)",
+            "        if key is not None:",
+            f"            return reason(event, {field.name!r}, key)",
+        ]
+    lines.append("    return None")
+    exec("\n".join(lines), namespace)
+    return namespace["check"]  # type: ignore[no-any-return]
+
+
+def _reason(event: Event, field: str, key: str) -> str:
+    return (
+        f"{event.kind} event carries hidden reasoning ({field} key {key!r}); "
+        "publish a ReasoningSummary instead"
+    )
 
 
 #: The default guard: :func:`hidden_reasoning_guard` with :data:`DEFAULT_HIDDEN_KEYS`.

@@ -94,12 +94,14 @@ class History:
     def append(self, event: Event) -> Event | None:
         """Record *event*, whose offset must be ``newest + 1``; return the event
         evicted to make room, if any."""
-        self._newest = event.offset
-        if not self._size:
+        offset = self._newest = event.offset
+        size = self._size
+        if not size:
             return event
-        position = (event.offset - 1) % self._size
-        evicted = self._ring[position]
-        self._ring[position] = event
+        ring = self._ring
+        position = (offset - 1) % size
+        evicted = ring[position]
+        ring[position] = event
         by_run = self._by_run
         if evicted is not None:
             entry = by_run[evicted.run_id]
@@ -107,15 +109,16 @@ class History:
                 del by_run[evicted.run_id]
             else:
                 entry.pop_oldest()
-                if not entry.remaining():
+                if entry.head == len(entry):
                     del by_run[evicted.run_id]
-        current = by_run.get(event.run_id)
+        run_id = event.run_id
+        current = by_run.get(run_id)
         if current is None:
-            by_run[event.run_id] = event
+            by_run[run_id] = event
         elif type(current) is _RunIndex:
             current.append(event)
         else:
-            by_run[event.run_id] = _RunIndex((current, event))  # type: ignore[arg-type]
+            by_run[run_id] = _RunIndex((current, event))  # type: ignore[arg-type]
         return evicted
 
     def get(self, offset: int) -> Event | None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ._events import Event
+from ._filters import lane_and_kind_matcher
 from ._overflow import Overflow
 from ._sender import OverflowSender
 
@@ -16,9 +17,13 @@ if TYPE_CHECKING:
 
 __all__ = ["Entry", "SubscriberIndex"]
 
-#: One live subscription: its filter (run condition left out: the index has
-#: checked it), its buffer, and the subscription itself.
-Entry = tuple[Callable[[Event], bool], OverflowSender, "Subscription[Event]"]
+#: One live subscription: the most privileged visibility it takes (as an int),
+#: the rest of its filter (``None`` if visibility is all there is to check; the
+#: run condition is left out: the index has checked it), its buffer, and the
+#: subscription itself.
+Entry = tuple[
+    int, Callable[[Event], bool] | None, OverflowSender, "Subscription[Event]"
+]
 
 
 class SubscriberIndex:
@@ -56,7 +61,12 @@ class SubscriberIndex:
     def add(self, subscription: Subscription[Event]) -> None:
         """Index *subscription* (its filter and buffer are fixed from now on)."""
         flt = subscription.filter
-        entry: Entry = (flt.matcher(skip_run=True), subscription.sender, subscription)
+        entry: Entry = (
+            int(flt.visibility),
+            lane_and_kind_matcher(flt),
+            subscription.sender,
+            subscription,
+        )
         self._entries[subscription] = entry
         if flt.run_ids is None:
             self._any_run = (*self._any_run, entry)

@@ -14,7 +14,7 @@ from anyio.lowlevel import checkpoint
 
 from ._events import Event
 from ._filters import EventFilter
-from ._subscription import YIELD_INTERVAL, E_co, Subscription
+from ._subscription import YIELD_INTERVAL, E_co, Subscription, _check_max_items
 
 if TYPE_CHECKING:
     from ._bus import EventBus
@@ -112,21 +112,50 @@ class MergedReplay(Subscription[E_co]):
             if event.span_id not in seen:
                 return event
 
+    async def _ready(self) -> None:
+        """The cancellation check (or, every YIELD_INTERVAL events handed out,
+        the yield) of a receive that will not wait."""
+        if self._streak < YIELD_INTERVAL:
+            await self._cancelled_check()
+        else:
+            self._streak = 0
+            await checkpoint()
+
     async def __anext__(self) -> E_co:
         if self._over or self._backlog:
             # Nothing to wait for: hand out what is ready, or end.
-            self._streak += 1
-            if self._streak < YIELD_INTERVAL:
-                await self._cancelled_check()
-            else:
-                self._streak = 0
-                await checkpoint()
+            await self._ready()
             try:
-                return self.receive_nowait()
+                event = self.receive_nowait()
             except anyio.EndOfStream:
                 raise StopAsyncIteration from None
+            self._streak += 1
+            return event
         seen = self._seen
         while True:
             event = await super().__anext__()
             if event.span_id not in seen:
                 return event
+
+    async def receive_batch(self, max_items: int = YIELD_INTERVAL) -> list[E_co]:
+        """As :meth:`Subscription.receive_batch`, in this class's order: the
+        source's events, then local ones not handed out already."""
+        if not (self._over or self._backlog):
+            seen = self._seen
+            while True:
+                batch = await super().receive_batch(max_items)
+                fresh = [event for event in batch if event.span_id not in seen]
+                if fresh:
+                    return fresh
+        _check_max_items(max_items)
+        await self._ready()
+        limit = max(1, min(max_items, YIELD_INTERVAL - self._streak))
+        batch = []
+        try:
+            while len(batch) < limit:
+                batch.append(self.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            if not batch:
+                raise  # EndOfStream: WouldBlock needs an empty backlog, not over
+        self._streak += len(batch)
+        return batch

@@ -2,12 +2,15 @@
 object stream, with overflow policies and terminal priority.
 
 The AnyIO stream itself is unbounded; this sender enforces the subscription's
-``buffer_size``. It holds a clone of the receive end, so it can evict from the
-head of the stream with ``receive_nowait()`` (AnyIO has no public way to evict from
-the send side). Receivers never wait inside the stream: they wait on an
-:class:`anyio.Event` and then take with ``receive_nowait()``, so every event
-stays in the stream's buffer until it is taken, a cancelled receiver loses
-nothing, and the count of buffered events is exact.
+``buffer_size``. It evicts from the head of the stream with the receive end's
+``receive_nowait()`` (AnyIO has no public way to evict from the send side).
+Receivers never wait inside the stream: they wait on an :class:`anyio.Event` and
+then take with ``receive_nowait()``, so every event stays in the stream's buffer
+until it is taken, a cancelled receiver loses nothing, and the count of buffered
+events is exact.
+
+The stream is made when the first item is sent into it: an idle subscription
+(one that has matched nothing yet) costs only this object and its counters.
 
 Losses are remembered, when the subscriber asked for ``gap_events``, as gap
 markers at the position of the loss: in the stream (where an event was
@@ -21,6 +24,7 @@ Everything here runs on the bus's event loop thread.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from typing import Union
 
 import anyio
@@ -29,7 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._events import Event, EventsDropped
 from ._overflow import Overflow
 
-__all__ = ["Gap", "OverflowSender"]
+__all__ = ["Gap", "OverflowSender", "offer_each"]
 
 
 class Gap:
@@ -84,17 +88,19 @@ Item = Union[Event, Gap]  # noqa: UP007  (a runtime alias)
 
 
 class OverflowSender:
-    """One subscription's buffer: the send end, the receive end and an evicting
-    clone of an unbounded AnyIO memory object stream, plus the counters.
+    """One subscription's buffer: the send and receive ends of an unbounded AnyIO
+    memory object stream (made when the first item is sent), plus the counters.
 
     ``matched == delivered + dropped + buffered`` holds after every method.
     """
 
     __slots__ = (
-        "_evict",
+        "_closed",
+        "_evicts_at_once",
         "_head_gap",
         "_policy",
         "_receive",
+        "_receive_nowait",
         "_room_waiter",
         "_send",
         "_send_nowait",
@@ -111,17 +117,18 @@ class OverflowSender:
     )
 
     def __init__(self, bound: int, policy: Overflow, gap_events: bool) -> None:
-        send, receive = anyio.create_memory_object_stream[Item](math.inf)
-        self._send: MemoryObjectSendStream[Item] = send
-        self._receive: MemoryObjectReceiveStream[Item] = receive
-        self._evict = receive.clone()
-        self._send_nowait = send.send_nowait
+        self._send: MemoryObjectSendStream[Item] | None = None
+        self._receive: MemoryObjectReceiveStream[Item] | None = None
+        self._send_nowait: Callable[[Item], None] | None = None
+        self._receive_nowait: Callable[[], Item] | None = None
         self._policy = policy
         self._head_gap: Gap | None = None
         self._tail_gap: Gap | None = None
         self._terminals = 0
         self._waiter: anyio.Event | None = None
         self._room_waiter: anyio.Event | None = None
+        self._closed = False
+        self._evicts_at_once = policy is Overflow.DROP_OLDEST and not gap_events
         self.bound = bound
         self.gap_events = gap_events
         self.buffered = 0
@@ -140,37 +147,74 @@ class OverflowSender:
         """Whether a live event would meet a full buffer."""
         return self.buffered >= self.bound
 
+    def _open(self) -> Callable[[Item], None]:
+        """Make the stream (on the first send); return its ``send_nowait``."""
+        if self.ended:
+            raise anyio.ClosedResourceError
+        send, receive = anyio.create_memory_object_stream[Item](math.inf)
+        self._send, self._receive = send, receive
+        self._receive_nowait = receive.receive_nowait
+        self._send_nowait = send.send_nowait
+        return send.send_nowait
+
+    def _put(self, item: Item) -> None:
+        send = self._send_nowait
+        if send is None:
+            send = self._open()
+        send(item)
+
     # -- the send side --------------------------------------------------------
 
     def offer(self, event: Event) -> None:
-        """Buffer *event* for the subscriber, applying the overflow policy if the
-        buffer is full. Under ``BLOCK`` the caller has made sure there is room (or
-        is closing the bus), so the event always goes in."""
+        """Buffer *event*, a non-terminal event, for the subscriber, applying the
+        overflow policy if the buffer is full. Under ``BLOCK`` the caller has made
+        sure there is room (or is closing the bus), so the event always goes in.
+        """
+        # The hot path: one call per delivery, kept short.
         self.matched += 1
-        if (
-            self.buffered >= self.bound
-            and self._policy is not Overflow.BLOCK
-            and not self._made_room(event)
-        ):
-            return
-        # The hot path, inlined: one call per delivery.
-        self._send_nowait(event)
+        send = self._send_nowait
+        if send is None:
+            send = self._open()
+        elif self.buffered >= self.bound:
+            if self._evicts_at_once and not self._terminals:
+                # Drop-oldest without gap markers (the stream holds events only):
+                # evict the head and take its place.
+                self._receive_nowait()  # type: ignore[misc]
+                self.dropped += 1
+                self._tail_gap = None
+                send(event)
+                return
+            if not self._made_room(event):
+                return
+        send(event)
         self.buffered += 1
-        if event.terminal:
-            self._terminals += 1
         self._tail_gap = None
         if self._waiter is not None:
             self._wake()
 
+    def offer_terminal(self, event: Event) -> None:
+        """:meth:`offer` for a terminal event: it is never dropped."""
+        self.matched += 1
+        if self.buffered >= self.bound:
+            self._made_room(event)
+        self._put(event)
+        self.buffered += 1
+        self._terminals += 1
+        self._tail_gap = None
+        self._wake()
+
     def _made_room(self, event: Event) -> bool:
-        """The buffer is full: apply the drop policy. Return whether *event*
-        goes in (it was counted as dropped otherwise)."""
-        if self._policy is Overflow.DROP_NEWEST and not event.terminal:
-            self._lose_incoming(event)
-            return False
-        if self._policy is Overflow.DROP_OLDEST and not self._terminals:
+        """The buffer is full: apply the policy. Return whether *event* goes in
+        (it was counted as dropped otherwise)."""
+        policy = self._policy
+        if policy is Overflow.DROP_OLDEST and not self._terminals:
             self._evict_head()
             return True
+        if policy is Overflow.BLOCK:
+            return True
+        if policy is Overflow.DROP_NEWEST and not event.terminal:
+            self._lose_incoming(event)
+            return False
         return self._make_room(event)
 
     def lose(
@@ -184,7 +228,7 @@ class OverflowSender:
             gap = self._tail_gap
             if gap is None:
                 gap = self._tail_gap = Gap()
-                self._send.send_nowait(gap)
+                self._put(gap)
             gap.add_range(count, first, last, run_id, lane_id)
             self._wake()
 
@@ -193,8 +237,8 @@ class OverflowSender:
         :exc:`anyio.EndOfStream`. Idempotent."""
         if not self.ended:
             self.ended = True
-            self._send.close()
-            self._evict.close()
+            if self._send is not None:
+                self._send.close()
             self._wake()
             self.wake_room()
 
@@ -202,11 +246,13 @@ class OverflowSender:
         """Close the subscription: what is still buffered is dropped (counted),
         and the receive end is closed. Idempotent."""
         self.end()
+        self._closed = True
         self._head_gap = self._tail_gap = None
         self.dropped += self.buffered
         self.buffered = 0
         self._terminals = 0
-        self._receive.close()
+        if self._receive is not None:
+            self._receive.close()
 
     def _lose_incoming(self, event: Event) -> None:
         self.dropped += 1
@@ -214,23 +260,24 @@ class OverflowSender:
             gap = self._tail_gap
             if gap is None:
                 gap = self._tail_gap = Gap()
-                self._send.send_nowait(gap)
+                self._put(gap)
             gap.add(event)
             self._wake()
 
     def _evict_head(self) -> None:
         # No terminal event is buffered, so the head is an event we may drop
         # (possibly behind gap markers, which join the head gap).
+        receive = self._receive_nowait
+        assert receive is not None
         while True:
-            item = self._evict.receive_nowait()
+            item = receive()
             if type(item) is Gap:
                 self._gap_at_head().merge(item)
                 continue
-            assert isinstance(item, Event)
             self.buffered -= 1
             self.dropped += 1
             if self.gap_events:
-                self._gap_at_head().add(item)
+                self._gap_at_head().add(item)  # type: ignore[arg-type]
             return
 
     def _gap_at_head(self) -> Gap:
@@ -273,9 +320,11 @@ class OverflowSender:
         if self._head_gap is not None:
             items.append(self._head_gap)
             self._head_gap = None
+        receive = self._receive_nowait
+        assert receive is not None
         while True:
             try:
-                items.append(self._evict.receive_nowait())
+                items.append(receive())
             except anyio.WouldBlock:
                 return items
 
@@ -287,11 +336,19 @@ class OverflowSender:
             if type(item) is Gap and type(previous) is Gap:
                 previous.merge(item)
                 continue
-            self._send.send_nowait(item)
+            self._put(item)
             previous = item
         self._tail_gap = previous if type(previous) is Gap else None
 
     # -- the receive side -----------------------------------------------------
+
+    def _nothing(self) -> Exception:
+        """What taking from an empty buffer raises."""
+        if self._closed:
+            return anyio.ClosedResourceError()
+        if self.ended:
+            return anyio.EndOfStream()
+        return anyio.WouldBlock()
 
     def take(self) -> Event:
         """Take the next event or gap notice without waiting.
@@ -304,19 +361,56 @@ class OverflowSender:
         if gap is not None:
             self._head_gap = None
             return gap.notice()
-        item = self._receive.receive_nowait()
+        receive = self._receive_nowait
+        if receive is None:
+            raise self._nothing()
+        item = receive()
         if type(item) is Gap:
             if item is self._tail_gap:
                 self._tail_gap = None
             return item.notice()
-        event: Event = item  # type: ignore[assignment]
         self.buffered -= 1
         self.delivered += 1
-        if event.terminal:
+        if self._terminals and item.terminal:  # type: ignore[union-attr]
             self._terminals -= 1
         if self._room_waiter is not None:
             self.wake_room()
-        return event
+        return item  # type: ignore[return-value]
+
+    def take_batch(self, limit: int) -> list[Event]:
+        """Take up to *limit* (>= 1) ready events and gap notices, in order,
+        without waiting.
+
+        :raises anyio.WouldBlock: if nothing is buffered
+        :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
+        :raises anyio.ClosedResourceError: if the subscription was closed
+        """
+        if self.gap_events:
+            return self._take_batch_with_gaps(limit)
+        # No gap markers anywhere: the stream holds exactly ``buffered`` events.
+        count = min(limit, self.buffered)
+        if not count:
+            raise self._nothing()
+        receive = self._receive_nowait
+        assert receive is not None
+        events: list[Event] = [receive() for _ in range(count)]  # type: ignore[misc]
+        self.buffered -= count
+        self.delivered += count
+        if self._terminals:
+            self._terminals -= sum(1 for event in events if event.terminal)
+        if self._room_waiter is not None:
+            self.wake_room()
+        return events
+
+    def _take_batch_with_gaps(self, limit: int) -> list[Event]:
+        items: list[Event] = []
+        try:
+            while len(items) < limit:
+                items.append(self.take())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            if not items:
+                raise
+        return items
 
     async def wait(self) -> None:
         """Wait until something may be taken (or the stream ended).
@@ -345,3 +439,36 @@ class OverflowSender:
         if waiter is not None and (force or self.ended or self.buffered < self.bound):
             self._room_waiter = None
             waiter.set()
+
+
+def offer_each(
+    event: Event,
+    entries: Iterable[
+        tuple[int, Callable[[Event], bool] | None, OverflowSender, object]
+    ],
+) -> None:
+    """The hot path of an emit: :meth:`OverflowSender.offer` *event*, a
+    non-terminal event, to the sender of each entry (``(visibility level, the
+    rest of the filter or None, sender, owner)``) whose filter passes; one frame
+    for every subscriber, with the common case (room in the buffer) inlined."""
+    visibility = int(event.visibility)
+    for level, match, sender, _ in entries:
+        if visibility <= level and (match is None or match(event)):
+            send = sender._send_nowait
+            if send is None:
+                sender.offer(event)  # the first item: makes the stream
+                continue
+            if sender.buffered < sender.bound:
+                sender.buffered += 1
+            elif sender._evicts_at_once and not sender._terminals:
+                # Full, drop-oldest without gap markers: as in offer().
+                sender._receive_nowait()  # type: ignore[misc]
+                sender.dropped += 1
+            else:
+                sender.offer(event)  # full: the policy decides
+                continue
+            sender.matched += 1
+            send(event)
+            sender._tail_gap = None
+            if sender._waiter is not None:
+                sender._wake()

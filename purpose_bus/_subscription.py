@@ -6,12 +6,12 @@ from __future__ import annotations
 import sys
 import warnings
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
-from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
+from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 
 from ._events import Event
 from ._filters import EventFilter
@@ -27,9 +27,11 @@ __all__ = ["YIELD_INTERVAL", "Subscription"]
 E_co = TypeVar("E_co", bound=Event, covariant=True)
 
 #: A receive that finds events buffered hands them out without a scheduler round
-#: trip, but yields to the scheduler at least once every this many receives. A
-#: burst of fewer events than this is drained in one turn, so a subscriber keeps
-#: up with a publisher that yields once per burst (``publish`` yields every 64).
+#: trip, but yields to the scheduler before it hands out more than this many
+#: events since its last yield (counting :meth:`Subscription.receive` and
+#: :meth:`Subscription.receive_batch` alike). A burst of fewer events than this
+#: is drained in one turn, so a subscriber keeps up with a publisher that yields
+#: once per burst (``publish`` yields every 64).
 YIELD_INTERVAL = 1024
 #: How many replayed events are read from history at a time.
 _READ_AHEAD = 64
@@ -38,11 +40,27 @@ _READ_AHEAD = 64
 def _cancellation_check() -> Callable[[], Awaitable[None]]:
     """The cheapest public way to check for cancellation on the running backend:
     trio's own ``checkpoint_if_cancelled`` (three times cheaper than going through
-    AnyIO's backend dispatch), else AnyIO's."""
+    AnyIO's backend dispatch), else the running AnyIO backend's own (the backend
+    class from :func:`anyio.lowlevel.current_token`, which skips AnyIO's lookup
+    of the backend on every call)."""
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
         return trio.lowlevel.checkpoint_if_cancelled  # type: ignore[no-any-return]
-    return checkpoint_if_cancelled
+    backend = current_token().backend_class
+    check = _checks.get(backend)
+    if check is None:  # one bound method per backend, shared by subscriptions
+        check = _checks[backend] = backend.checkpoint_if_cancelled
+    return check
+
+
+_checks: dict[type, Callable[[], Awaitable[None]]] = {}
+
+
+def _check_max_items(max_items: int) -> None:
+    if isinstance(max_items, bool) or not isinstance(max_items, int):
+        raise TypeError(f"max_items must be an int, not {type(max_items).__name__}")
+    if max_items < 1:
+        raise ValueError(f"max_items must be >= 1, not {max_items}")
 
 
 class Subscription(Generic[E_co]):
@@ -228,8 +246,9 @@ class Subscription(Generic[E_co]):
 
     async def __anext__(self) -> E_co:
         # The logic of receive() lives here: one coroutine per event when iterating.
-        self._streak += 1
-        if self._streak < YIELD_INTERVAL:
+        streak = self._streak + 1
+        if streak < YIELD_INTERVAL:
+            self._streak = streak
             await self._cancelled_check()
         else:
             self._streak = 0
@@ -240,14 +259,71 @@ class Subscription(Generic[E_co]):
                     return self._take_replayed()  # type: ignore[return-value]
                 return self._buffer.take()  # type: ignore[return-value]
             except anyio.WouldBlock:
-                if not self._entered:
-                    raise RuntimeError(
-                        "enter the subscription ('async with') before receiving"
-                    ) from None
-                self._streak = 0
-                await self._buffer.wait()
+                await self._wait()
             except anyio.EndOfStream:
                 raise StopAsyncIteration from None
+
+    async def receive_batch(self, max_items: int = YIELD_INTERVAL) -> list[E_co]:
+        """Return every event that is ready, up to *max_items* (and up to
+        :data:`YIELD_INTERVAL`), in order, waiting for one if none is; an
+        :class:`~purpose_bus.EventsDropped` notice (``gap_events=True``) comes at
+        its place in the list. The list is never empty.
+
+        Always a cancellation point, with one check for the whole batch. When
+        events are ready it returns without a scheduler round trip, but it
+        yields to the scheduler before handing out more than
+        :data:`YIELD_INTERVAL` (1024) events since its last yield (counting
+        :meth:`receive` too), so a busy subscriber cannot starve the loop.
+        Cancelled (while waiting or not), it leaves the subscription unchanged:
+        no event is lost. Accounting is as for :meth:`receive`: each event in
+        the list counts as delivered.
+
+        :raises TypeError: if *max_items* is not an int
+        :raises ValueError: if *max_items* is below 1
+        :raises anyio.EndOfStream: when the subscription has ended (see the class
+            docstring) and its buffer is drained
+        :raises anyio.ClosedResourceError: after :meth:`close`, also in a task
+            that was waiting when another one closed it
+        """
+        _check_max_items(max_items)
+        if self._streak < YIELD_INTERVAL:
+            await self._cancelled_check()
+        else:
+            self._streak = 0
+            await checkpoint()
+        while True:
+            limit = min(max_items, YIELD_INTERVAL - self._streak)
+            try:
+                if self.replaying:
+                    batch = self._take_replayed_batch(limit)
+                else:
+                    batch = self._buffer.take_batch(limit)
+            except anyio.WouldBlock:
+                await self._wait()
+                continue
+            self._streak += len(batch)
+            return batch  # type: ignore[return-value]
+
+    def batches(self, max_items: int = YIELD_INTERVAL) -> AsyncIterator[list[E_co]]:
+        """Iterate over lists of events: ``async for batch in sub.batches():``
+        calls :meth:`receive_batch` with *max_items* for each list, so each step
+        is a cancellation point, waits while no event is ready, and loses
+        nothing when cancelled. Iteration ends where iterating over the
+        subscription ends (when :meth:`receive_batch` raises
+        :exc:`anyio.EndOfStream`); after :meth:`close` a step raises
+        :exc:`anyio.ClosedResourceError`.
+
+        :raises TypeError: if *max_items* is not an int
+        :raises ValueError: if *max_items* is below 1
+        """
+        _check_max_items(max_items)
+        return _Batches(self, max_items)
+
+    async def _wait(self) -> None:
+        if not self._entered:
+            raise RuntimeError("enter the subscription ('async with') before receiving")
+        self._streak = 0
+        await self._buffer.wait()
 
     def statistics(self) -> SubscriptionStatistics:
         """A snapshot of this subscription's counters."""
@@ -300,6 +376,20 @@ class Subscription(Generic[E_co]):
                 self._bus._go_live(self)
                 return buffer.take()
 
+    def _take_replayed_batch(self, limit: int) -> list[Event]:
+        """Up to *limit* events (at least one) from replay, then from the live
+        buffer once replay is done."""
+        events: list[Event] = []
+        try:
+            while self.replaying and len(events) < limit:
+                events.append(self._take_replayed())
+            if len(events) < limit:
+                events += self._buffer.take_batch(limit - len(events))
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            if not events:
+                raise
+        return events
+
     def _read_more(self) -> bool:
         matches = self._filter.matches
         events = self._bus._history.iter_after(self.cursor, self._filter.run_ids)
@@ -314,3 +404,22 @@ class Subscription(Generic[E_co]):
                     break
         self._buffer.matched += len(read)
         return bool(read)
+
+
+class _Batches(Generic[E_co]):
+    """What :meth:`Subscription.batches` returns."""
+
+    __slots__ = ("_max_items", "_subscription")
+
+    def __init__(self, subscription: Subscription[E_co], max_items: int) -> None:
+        self._subscription = subscription
+        self._max_items = max_items
+
+    def __aiter__(self) -> _Batches[E_co]:
+        return self
+
+    async def __anext__(self) -> list[E_co]:
+        try:
+            return await self._subscription.receive_batch(self._max_items)
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None

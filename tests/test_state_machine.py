@@ -59,6 +59,7 @@ from strategies import (
 )
 
 from purpose_bus import (
+    YIELD_INTERVAL,
     BusClosed,
     Event,
     EventBus,
@@ -129,6 +130,22 @@ async def receive_cancelled_while_waiting(sub: Subscription[Event]) -> bool:
 
     async def receiver() -> None:
         done.append(await sub.receive())
+
+    with anyio.fail_after(TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receiver)
+            await wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    return not done
+
+
+async def receive_batch_cancelled_while_waiting(sub: Subscription[Event]) -> bool:
+    """Start ``receive_batch()``, wait until it blocks, cancel it; return whether
+    it was still waiting (it must be)."""
+    done: list[list[Event]] = []
+
+    async def receiver() -> None:
+        done.append(await sub.receive_batch())
 
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as tg:
@@ -439,6 +456,50 @@ class BusMachine(RuleBasedStateMachine):
         """Receive without waiting until nothing is ready."""
         self.step()
         self._receive(data, 10**6, wait=False)
+
+    @rule(data=st.data(), max_items=st.integers(1, 8) | st.just(YIELD_INTERVAL))
+    def receive_batch(self, data: st.DataObject, max_items: int) -> None:
+        """Receive a batch (``receive_batch()``): what the model's repeated
+        ``receive_nowait()`` gives, up to *max_items*."""
+        self.step()
+        picked = self._pick(data)
+        if picked is None:
+            return
+        sub, model = picked
+        expected: list[Expected] = [model.take(self.model)]
+        first = expected[0]
+        if first is anyio.WouldBlock:
+            assert self.call(receive_batch_cancelled_while_waiting, sub)
+            return
+        if isinstance(first, type):  # EndOfStream, ClosedResourceError
+            check_received(first, self.call(outcome, sub.receive_batch))
+            return
+        # The bounded-yield rule may cut a batch short: at most YIELD_INTERVAL
+        # events between two yields to the scheduler.
+        streak = sub._streak if sub._streak < YIELD_INTERVAL else 0
+        limit = min(max_items, YIELD_INTERVAL - streak)
+        while len(expected) < limit:
+            following = model.take(self.model)
+            if isinstance(following, type):
+                break  # nothing more ready: the batch ends here
+            expected.append(following)
+        got = self.call(outcome, lambda: sub.receive_batch(max_items))
+        assert isinstance(got, list), got
+        assert len(got) == len(expected), (expected, got)
+        for want, event in zip(expected, got, strict=True):
+            check_received(want, event)
+            self._check_visible(model, event)
+
+    def _pick(
+        self, data: st.DataObject
+    ) -> tuple[Subscription[Event], ModelSubscription] | None:
+        if not self.subs:
+            return None
+        open_subs = [(s, m) for s, m in self.subs if not m.closed]
+        choices = st.sampled_from(self.subs)
+        if open_subs:
+            choices = st.sampled_from(open_subs) | st.sampled_from(open_subs) | choices
+        return data.draw(choices, label="subscription")
 
     def _receive(self, data: st.DataObject, count: int, wait: bool) -> None:
         if not self.subs:

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import gc
 import warnings
+from contextlib import suppress
+from typing import Any
 
 import anyio
 import anyio.abc
+import attrs
 import pytest
 from anyio.lowlevel import checkpoint
 from helpers import delta, drain, texts
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import bus_events, subscribe_kwargs
 
 from purpose_bus import (
     YIELD_INTERVAL,
     BusClosed,
     Event,
     EventBus,
+    EventsDropped,
     Log,
     MessageDelta,
     Overflow,
@@ -548,3 +555,341 @@ class TestEnterIsACancellationPoint:
                 sub.receive_nowait()
             with pytest.raises(RuntimeError, match="only once"):
                 await sub.__aenter__()
+
+
+class TestReceiveBatch:
+    async def test_returns_every_ready_event_in_order(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            for index in range(5):
+                bus.emit(delta(str(index)))
+            batch = await sub.receive_batch()
+            assert texts(batch) == ["0", "1", "2", "3", "4"]
+            assert [e.offset for e in batch] == [1, 2, 3, 4, 5]
+            stats = sub.statistics()
+            assert (stats.delivered, stats.buffered) == (5, 0)
+
+    async def test_max_items_bounds_the_batch(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            for index in range(5):
+                bus.emit(delta(str(index)))
+            assert texts(await sub.receive_batch(2)) == ["0", "1"]
+            assert texts(await sub.receive_batch(2)) == ["2", "3"]
+            assert texts(await sub.receive_batch(2)) == ["4"]
+            assert sub.statistics().delivered == 5
+
+    @pytest.mark.parametrize("bad", [0, -1])
+    async def test_max_items_below_one_raises_value_error(self, bad: int) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta())
+            with pytest.raises(ValueError, match="max_items"):
+                await sub.receive_batch(bad)
+            with pytest.raises(ValueError, match="max_items"):
+                sub.batches(bad)
+            assert sub.statistics().buffered == 1
+
+    @pytest.mark.parametrize("bad", [1.5, "2", True])
+    async def test_max_items_not_an_int_raises_type_error(self, bad: Any) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            with pytest.raises(TypeError, match="max_items"):
+                await sub.receive_batch(bad)
+            with pytest.raises(TypeError, match="max_items"):
+                sub.batches(bad)
+
+    async def test_waits_for_an_event(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            received: list[list[Event]] = []
+
+            async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                task_status.started()
+                received.append(await sub.receive_batch())
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    await tg.start(consumer)
+                    await anyio.wait_all_tasks_blocked()
+                    assert received == []
+                    bus.emit(delta("1"))
+                    bus.emit(delta("2"))
+            # Woken by the first emit, it ran after both: it takes both at once.
+            assert [texts(batch) for batch in received] == [["1", "2"]]
+
+    async def test_is_a_cancellation_point_on_the_fast_path(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta("1"))
+            for _ in range(2 * YIELD_INTERVAL + 1):
+                with anyio.CancelScope() as scope:
+                    scope.cancel()
+                    await sub.receive_batch()
+                    pytest.fail("receive_batch() did not raise the cancellation")
+                assert scope.cancelled_caught
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                async for _batch in sub.batches():
+                    pytest.fail("batches() did not raise the cancellation")
+            assert scope.cancelled_caught
+            assert sub.statistics().buffered == 1
+            assert texts(await sub.receive_batch()) == ["1"]
+
+    async def test_cancelled_while_waiting_loses_nothing(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(sub.receive_batch)
+                    await anyio.wait_all_tasks_blocked()
+                    tg.cancel_scope.cancel()
+            bus.emit(delta("1"))
+            assert texts(await sub.receive_batch()) == ["1"]
+            assert sub.statistics().delivered == 1
+
+    async def test_yields_to_the_scheduler_at_bounded_intervals(self) -> None:
+        ticks = 0
+        seen: list[tuple[int, int]] = []  # (events handed out, ticks) per batch
+
+        async def counter() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await checkpoint()
+
+        total = YIELD_INTERVAL * 5 + 7
+        async with EventBus() as bus, bus.subscribe(buffer_size=total) as sub:
+            for index in range(total):
+                bus.emit(delta(str(index)))
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(counter)
+                    handed_out = 0
+                    while handed_out < total:
+                        # Ask for more than the interval: the bound still holds.
+                        batch = await sub.receive_batch(10 * YIELD_INTERVAL)
+                        assert 1 <= len(batch) <= YIELD_INTERVAL
+                        handed_out += len(batch)
+                        seen.append((handed_out, ticks))
+                    tg.cancel_scope.cancel()
+        # Every YIELD_INTERVAL events handed out gave the counter a turn (the
+        # scheduler may run it just after the batch in which it was woken, and
+        # trio orders the tasks of one scheduler round at random).
+        for handed_out, tick in seen:
+            assert tick >= handed_out // YIELD_INTERVAL - 2, seen
+        assert seen[-1][1] >= total // YIELD_INTERVAL - 1
+
+    async def test_counts_receive_towards_the_yield_interval(self) -> None:
+        # receive() and receive_batch() share one count: after YIELD_INTERVAL - 4
+        # receives, a batch hands out at most 4 events before it yields.
+        total = YIELD_INTERVAL + 10
+        async with EventBus() as bus, bus.subscribe(buffer_size=total) as sub:
+            for index in range(total):
+                bus.emit(delta(str(index)))
+            for _ in range(YIELD_INTERVAL - 4):
+                await sub.receive()
+            assert len(await sub.receive_batch()) == 4
+            assert len(await sub.receive_batch()) == 10
+
+    async def test_ends_with_end_of_stream_after_the_terminal_event(self) -> None:
+        async with EventBus() as bus, bus.subscribe(run_id="r1") as sub:
+            bus.emit(delta("1"))
+            bus.emit(RunFinished(run_id="r1"))
+            bus.emit(delta("other run", run_id="r2"))
+            batch = await sub.receive_batch()
+            assert [e.kind for e in batch] == ["message.delta", "run.finished"]
+            with pytest.raises(anyio.EndOfStream):
+                await sub.receive_batch()
+            with pytest.raises(anyio.EndOfStream):
+                await sub.receive_batch()
+
+    async def test_ends_with_end_of_stream_when_the_bus_closes(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta("1"))
+            await bus.aclose()
+            assert texts(await sub.receive_batch()) == ["1"]
+            with pytest.raises(anyio.EndOfStream):
+                await sub.receive_batch()
+
+    async def test_raises_closed_resource_error_after_close(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta("1"))
+            sub.close()
+            with pytest.raises(anyio.ClosedResourceError):
+                await sub.receive_batch()
+            assert sub.statistics().dropped == 1
+
+    async def test_close_wakes_a_task_waiting_in_receive_batch(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            caught: list[BaseException] = []
+
+            async def consumer() -> None:
+                try:
+                    await sub.receive_batch()
+                except anyio.ClosedResourceError as exc:
+                    caught.append(exc)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(consumer)
+                    await anyio.wait_all_tasks_blocked()
+                    sub.close()
+            assert len(caught) == 1
+
+    async def test_receive_batch_before_entering_raises_runtime_error(self) -> None:
+        async with EventBus() as bus:
+            sub = bus.subscribe()
+            try:
+                with pytest.raises(RuntimeError, match="enter"):
+                    await sub.receive_batch()
+            finally:
+                sub.close()
+
+    @pytest.mark.parametrize("policy", [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST])
+    async def test_gap_notices_come_at_their_place(self, policy: Overflow) -> None:
+        async with (
+            EventBus() as bus,
+            bus.subscribe(buffer_size=2, overflow=policy, gap_events=True) as sub,
+        ):
+            for index in range(5):
+                bus.emit(delta(str(index)))
+            batch = await sub.receive_batch()
+            if policy is Overflow.DROP_OLDEST:
+                assert isinstance(batch[0], EventsDropped)
+                assert (batch[0].count, batch[0].first_offset) == (3, 1)
+                assert texts(batch[1:]) == ["3", "4"]
+            else:
+                assert texts(batch[:2]) == ["0", "1"]
+                assert isinstance(batch[2], EventsDropped)
+                assert (batch[2].count, batch[2].first_offset) == (3, 3)
+                assert len(batch) == 3
+            stats = sub.statistics()
+            assert (stats.delivered, stats.dropped, stats.buffered) == (2, 3, 0)
+
+    async def test_replay_then_live_in_batches(self) -> None:
+        async with EventBus() as bus:
+            for index in range(100):
+                bus.emit(delta(f"h{index}"))
+            async with bus.subscribe(replay=True) as sub:
+                bus.emit(delta("live"))
+                received: list[Event] = []
+                while len(received) < 101:
+                    batch = await sub.receive_batch(30)
+                    assert 1 <= len(batch) <= 30
+                    received += batch
+                assert texts(received) == [f"h{i}" for i in range(100)] + ["live"]
+                assert [e.offset for e in received] == list(range(1, 102))
+                with pytest.raises(anyio.WouldBlock):
+                    sub.receive_nowait()
+                assert sub.statistics().delivered == 101
+
+    async def test_batches_iterates_until_the_end(self) -> None:
+        async with EventBus() as bus, bus.subscribe(run_id="r1") as sub:
+            for index in range(3):
+                bus.emit(delta(str(index)))
+            bus.emit(RunFinished(run_id="r1"))
+            batches = [batch async for batch in sub.batches(2)]
+            assert [[e.kind for e in b] for b in batches] == [
+                ["message.delta", "message.delta"],
+                ["message.delta", "run.finished"],
+            ]
+
+    async def test_batches_raises_closed_resource_error_after_close(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            sub.close()
+            batches = sub.batches()
+            with pytest.raises(anyio.ClosedResourceError):
+                await batches.__anext__()
+
+    async def test_kinds_with_one_class_types_the_batch(self) -> None:
+        async with EventBus() as bus, bus.subscribe(kinds=MessageDelta) as sub:
+            bus.emit(delta("1"))
+            batch = await sub.receive_batch()
+            assert batch[0].text == "1"  # typed: list[MessageDelta]
+
+
+def _same(event: Event) -> object:
+    """What two subscriptions must agree on for one received item (a notice is
+    made per subscription: its fields, not its span id)."""
+    if isinstance(event, EventsDropped):
+        fields = (event.count, event.first_offset, event.last_offset)
+        return ("gap", *fields, event.run_id, event.lane_id)
+    return event
+
+
+def _take_nowait(sub: Subscription[Event], count: int) -> list[Event] | type:
+    """Up to *count* events by repeated ``receive_nowait()``; or the exception
+    type if the first call raised."""
+    taken: list[Event] = []
+    while len(taken) < count:
+        try:
+            taken.append(sub.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream) as exc:
+            return taken or type(exc)
+    return taken
+
+
+async def _waits(sub: Subscription[Event]) -> bool:
+    """Whether ``receive_batch()`` waits (it is cancelled once it does)."""
+    done: list[list[Event]] = []
+
+    async def receiver() -> None:
+        done.append(await sub.receive_batch())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receiver)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    return not done
+
+
+class TestReceiveBatchProperty:
+    @given(
+        spec=subscribe_kwargs(),
+        buffer_size=st.integers(1, 12),
+        operations=st.lists(
+            # Mostly emits, mostly non-terminal, so that batches find several
+            # events (and notices) ready.
+            st.one_of(
+                *[bus_events(classes=(MessageDelta, Log))] * 6,
+                bus_events(),
+                st.integers(1, 6) | st.just(YIELD_INTERVAL),
+            ),
+            max_size=80,
+        ),
+    )
+    async def test_a_batch_is_what_receive_nowait_gives(
+        self,
+        anyio_backend: str,
+        spec: dict[str, Any],
+        buffer_size: int,
+        operations: list[Any],
+    ) -> None:
+        spec = {**spec, "buffer_size": buffer_size}
+        # Two subscriptions with the same arguments: one takes batches, the other
+        # as many events one at a time. They agree on every item and every
+        # counter, and delivered + dropped + buffered == matched.
+        async with (
+            EventBus() as bus,
+            bus.subscribe(**spec) as batched,
+            bus.subscribe(**spec) as single,
+        ):
+            for operation in operations:
+                if isinstance(operation, int):
+                    expected = _take_nowait(single, operation)
+                    if expected is anyio.WouldBlock:
+                        assert await _waits(batched)
+                    elif expected is anyio.EndOfStream:
+                        with pytest.raises(anyio.EndOfStream):
+                            await batched.receive_batch(operation)
+                    else:
+                        assert isinstance(expected, list)
+                        batch = await batched.receive_batch(operation)
+                        assert [_same(e) for e in batch] == [_same(e) for e in expected]
+                else:
+                    with suppress(anyio.WouldBlock):  # a full BLOCK pair
+                        bus.emit(operation)
+                one, other = batched.statistics(), single.statistics()
+                counters = (one.delivered, one.dropped, one.buffered)
+                assert counters == (other.delivered, other.dropped, other.buffered)
+                assert batched.sender.matched == sum(counters)
+            await bus.aclose()
+            rest = [e async for batch in batched.batches() for e in batch]
+            assert [_same(e) for e in rest] == [_same(e) for e in drain(single)]
+            one, other = batched.statistics(), single.statistics()
+            assert attrs.evolve(one, name=other.name) == other

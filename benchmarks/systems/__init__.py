@@ -65,6 +65,28 @@ _ALL = [
         floor="raw-anyio-trio",
     ),
     System(
+        "purpose_bus-asyncio-batch",
+        "purpose",
+        "asyncio",
+        "purpose_bus EventBus, consumed with sub.batches() (receive_batch)",
+        floor="raw-anyio-asyncio",
+    ),
+    System(
+        "purpose_bus-uvloop-batch",
+        "purpose",
+        "asyncio",
+        "purpose_bus EventBus on asyncio with uvloop, consumed with sub.batches()",
+        options=UVLOOP,
+        floor="raw-anyio-uvloop",
+    ),
+    System(
+        "purpose_bus-trio-batch",
+        "purpose",
+        "trio",
+        "purpose_bus EventBus on trio, consumed with sub.batches()",
+        floor="raw-anyio-trio",
+    ),
+    System(
         "raw-anyio-asyncio",
         "raw_anyio",
         "asyncio",

@@ -1,5 +1,9 @@
 """purpose_bus: an ``EventBus`` with a ``subscribe(run_id=topic)`` per
-subscriber, ``async for`` over it in the subscriber's task; ``bus.emit``."""
+subscriber, ``async for`` over it in the subscriber's task; ``bus.emit``.
+
+The ``-batch`` systems consume with ``async for batch in sub.batches()`` (one
+cancellation check per batch of ready events) and call the handler for each
+event of the batch; everything else is the same."""
 
 from __future__ import annotations
 
@@ -67,5 +71,29 @@ class PurposeBus(Adapter):
         return self.bus.emit  # thread-safe: the bus's own hand-off
 
 
+class PurposeBusBatch(PurposeBus):
+    """Consumes a batch of ready events per ``receive_batch`` call."""
+
+    async def _consume(
+        self,
+        topic: str,
+        handler: Handler,
+        pace: Pace | None,
+        *,
+        task_status: TaskStatus[None],
+    ) -> None:
+        assert self.bus is not None
+        async with self.bus.subscribe(run_id=topic) as sub:
+            task_status.started()
+            async for batch in sub.batches():
+                for event in batch:
+                    if handler(event):
+                        return
+                    if pace is not None and pace.active:
+                        await anyio.sleep(pace.seconds)
+
+
 def make(name: str, backend: str) -> Adapter:
+    if name.endswith("-batch"):
+        return PurposeBusBatch(name, backend)
     return PurposeBus(name, backend)
