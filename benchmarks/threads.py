@@ -18,8 +18,8 @@ Methods, measured in the same run, interleaved, on every backend available:
 
 Subscribers consume in one of two ways (each its own table): ``iter`` is the
 usual ``async for event in sub`` (one awaited receive, so one cancellation
-check, per event and subscriber); ``drain`` takes what is buffered with
-``receive_nowait()`` and awaits ``receive()`` only when the buffer is empty.
+check, per event and subscriber); ``batch`` is ``async for batch in
+sub.batches()`` (one per batch of ready events).
 
 Events are built before the clock starts (each thread its own lane of one run),
 and the bus uses its default guards, history and hand-off size.
@@ -95,25 +95,19 @@ async def consume_iter(sub: Subscription[Event], total: int) -> None:
             return
 
 
-async def consume_drain(sub: Subscription[Event], total: int) -> None:
-    """A batching consumer: take what is buffered with ``receive_nowait()``, and
-    await ``receive()`` only when nothing is."""
+async def consume_batch(sub: Subscription[Event], total: int) -> None:
+    """A batching consumer: ``async for batch in sub.batches()`` (one awaited
+    receive, so one cancellation check, per batch of ready events)."""
     received = 0
-    receive_nowait = sub.receive_nowait
-    while received < total:
-        await sub.receive()
-        received += 1
-        try:
-            while received < total:
-                receive_nowait()
-                received += 1
-        except anyio.WouldBlock:
-            pass
+    async for batch in sub.batches():
+        received += len(batch)
+        if received >= total:
+            return
 
 
 CONSUMERS: dict[str, Callable[[Subscription[Event], int], Awaitable[None]]] = {
     "iter": consume_iter,
-    "drain": consume_drain,
+    "batch": consume_batch,
 }
 
 
@@ -234,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--consumer",
         action="append",
         choices=sorted(CONSUMERS),
-        help="how subscribers consume (default: iter and drain)",
+        help="how subscribers consume (default: iter and batch)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -242,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = {
         k: v for k, v in backends().items() if not args.backend or k in args.backend
     }
-    consumers = args.consumer or ["iter", "drain"]
+    consumers = args.consumer or ["iter", "batch"]
     samples: Samples = {
         c: {b: {f"{m}/{t}": [] for m, t in CASES} for b in chosen} for c in consumers
     }
@@ -277,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 CONSUMER_TITLES = {
     "iter": "subscribers consume with `async for` (one awaited receive per event)",
-    "drain": "subscribers drain with `receive_nowait()`, awaiting only when empty",
+    "batch": "subscribers take batches with `async for batch in sub.batches()`",
 }
 
 
