@@ -407,6 +407,9 @@ class _Field:
     alias: str  # the __init__ keyword
     required: bool
     converter: _Converter
+    #: An expression true when ``v`` is valid as it is both ways (then the
+    #: fast paths skip the converter), or None.
+    check: str | None = None
 
 
 @attrs.frozen
@@ -415,6 +418,10 @@ class _Plan:
     fields: tuple[_Field, ...]
     keys: frozenset[str]  # the JSON keys allowed, "kind" included
     required: frozenset[str]
+    #: Event -> JSON data, or raise: then the general path runs (see _fast).
+    encode_fast: Callable[[Any], dict[str, Any]] = attrs.field(eq=False)
+    #: JSON data -> Event, or raise: then the general path runs.
+    decode_fast: Callable[[dict[str, Any]], Any] = attrs.field(eq=False)
 
 
 _plans: dict[type[Event], _Plan] = {}
@@ -446,6 +453,25 @@ def _field_hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+_CHECKS: dict[Any, str] = {
+    str: "type(v) is str",
+    bool: "type(v) is bool",
+    int: "type(v) is int",  # a bool is not an int
+    float: "type(v) is float and isfinite(v)",
+    str | None: "v is None or type(v) is str",
+    typing.Optional[str]: "v is None or type(v) is str",  # noqa: UP045
+}
+
+
+def _check_of(name: str, hint: Any) -> str | None:
+    if name in ("seq", "offset"):
+        return "type(v) is int and v >= 0"
+    try:
+        return _CHECKS.get(hint)
+    except TypeError:  # unhashable
+        return None
+
+
 def _make_plan(cls: type[Event]) -> _Plan:
     hints = _field_hints(cls)
     fields = tuple(
@@ -458,16 +484,56 @@ def _make_plan(cls: type[Event]) -> _Plan:
                 if a.name in ("seq", "offset")
                 else _converter(hints.get(a.name))
             ),
+            check=_check_of(a.name, hints.get(a.name)),
         )
         for a in attrs.fields(cls)
         if a.init
     )
+    encode_fast, decode_fast = _fast(cls, fields)
     return _Plan(
         kind=cls.kind,
         fields=fields,
         keys=frozenset({"kind", *(f.name for f in fields)}),
         required=frozenset(f.name for f in fields if f.required),
+        encode_fast=encode_fast,
+        decode_fast=decode_fast,
     )
+
+
+class _Slow(Exception):
+    """A value the fast path leaves to the general one."""
+
+
+def _fast(
+    cls: type[Event], fields: tuple[_Field, ...]
+) -> tuple[Callable[[Any], dict[str, Any]], Callable[[dict[str, Any]], Any]]:
+    """Generate *cls*'s fast paths: straight-line code that takes the common
+    case (every field present and of its simplest type) and raises on anything
+    else, after which the general path runs and gives the exact error. (The
+    code is built from attrs field names and aliases, which are identifiers.)"""
+    namespace: dict[str, Any] = {"Slow": _Slow, "isfinite": math.isfinite, "cls": cls}
+    encode = ["def encode_fast(event):"]
+    decode = ["def decode_fast(data):", f"    if len(data) != {len(fields) + 1}:"]
+    decode.append("        raise Slow")
+    for i, field in enumerate(fields):
+        namespace[f"enc{i}"] = field.converter.encode
+        namespace[f"dec{i}"] = field.converter.decode
+        encode.append(f"    v = event.{field.name}")
+        decode.append(f"    v = data[{field.name!r}]")
+        if field.check is None:
+            encode.append(f"    f{i} = enc{i}(v)")
+            decode.append(f"    f{i} = dec{i}(v)")
+        else:
+            for lines in (encode, decode):
+                lines += [f"    if not ({field.check}):", "        raise Slow"]
+                lines.append(f"    f{i} = v")
+    items = ", ".join(f"{f.name!r}: f{i}" for i, f in enumerate(fields))
+    encode.append(f"    return {{'kind': {cls.kind!r}, {items}}}")
+    arguments = ", ".join(f"{f.alias}=f{i}" for i, f in enumerate(fields))
+    decode.append(f"    return cls({arguments})")
+    exec("\n".join(encode), namespace)
+    exec("\n".join(decode), namespace)
+    return namespace["encode_fast"], namespace["decode_fast"]
 
 
 def _plan(cls: type[Event]) -> _Plan:
@@ -488,7 +554,19 @@ _dumps_ascii = json.JSONEncoder(
 ).encode
 
 
+#: The plans of the classes :func:`encode` has met (registered for good: the
+#: registry never forgets a class).
+_encoding_plans: dict[type, _Plan] = {}
+
+
 def _encoding_plan(event: Event) -> _Plan:
+    plan = _encoding_plans.get(type(event))
+    if plan is None:
+        plan = _encoding_plans[type(event)] = _checked_plan(event)
+    return plan
+
+
+def _checked_plan(event: Event) -> _Plan:
     if not isinstance(event, Event):
         raise TypeError(f"encode() expects an Event, got {type(event).__name__}")
     cls = type(event)
@@ -576,9 +654,13 @@ def encode(event: Event) -> bytes:
         itself)
     """
     plan = _encoding_plan(event)
-    data: dict[str, Any] = {"kind": plan.kind}
-    for field in plan.fields:
-        data[field.name] = _encode_field(plan.kind, field, getattr(event, field.name))
+    try:
+        data = plan.encode_fast(event)
+    except Exception:  # the general path gives the exact error, if there is one
+        data = {"kind": plan.kind}
+        for field in plan.fields:
+            value = getattr(event, field.name)
+            data[field.name] = _encode_field(plan.kind, field, value)
     return _dump(plan.kind, data)
 
 
@@ -744,4 +826,7 @@ def decode(
         plan = _plan(cls)
     except Exception as exc:  # a broken user class; never seen for built-ins
         raise DecodeError(f"cannot decode {cls.__qualname__}: {exc}") from exc
-    return _construct(cls, plan, parsed)
+    try:
+        return plan.decode_fast(parsed)  # type: ignore[no-any-return]
+    except Exception:  # the general path gives the exact error, if there is one
+        return _construct(cls, plan, parsed)

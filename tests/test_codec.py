@@ -26,6 +26,7 @@ from purpose_bus import (
     ToolCall,
     ToolResult,
     Visibility,
+    _codec,
     decode,
     encode,
     registered_kinds,
@@ -114,6 +115,44 @@ class TestRoundTrip:
     def test_tool_result_holds_any_json_value(self, result: Any) -> None:
         event = ToolResult(run_id="r", name="t", result=result)
         assert decode(encode(event)) == event
+
+    @given(
+        st.one_of(events(stamped=True), events(Deployed, stamped=True)),
+        st.sampled_from(["as is", "ts as int", "extra key", "missing key"]),
+    )
+    def test_fast_paths_agree_with_the_general_ones(
+        self, event: Event, change: str
+    ) -> None:
+        """Each class's generated fast paths give what the general paths give,
+        or step aside (raise) so that the general path decides."""
+        plan = _codec._encoding_plan(event)
+        general = {"kind": plan.kind} | {
+            f.name: _codec._encode_field(plan.kind, f, getattr(event, f.name))
+            for f in plan.fields
+        }
+        assert plan.encode_fast(event) == general
+        data = json.loads(json.dumps(general))
+        if change == "ts as int":
+            data["ts"] = int(data["ts"])
+        elif change == "extra key":
+            data["extra"] = 1
+        elif change == "missing key":
+            del data["payload"]  # a default that is the same each time
+        try:
+            expected: Event | str = _codec._construct(type(event), plan, data)
+        except DecodeError as exc:
+            expected = str(exc)
+        try:
+            got: Event | str = plan.decode_fast(data)
+        except Exception:
+            got = "stepped aside"
+        if got != "stepped aside":
+            assert got == expected
+        try:
+            decoded: Event | str = decode(json.dumps(data))
+        except DecodeError as exc:
+            decoded = str(exc)
+        assert decoded == expected
 
     def test_defaults_round_trip(self) -> None:
         event = RunStarted(run_id="r")
