@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from ._events import Event
+from ._events import Event, EventsDropped
 from ._filters import EventFilter
 from ._subscription import YIELD_INTERVAL, E_co, Subscription, _check_max_items
 
@@ -21,24 +21,28 @@ if TYPE_CHECKING:
 
 __all__ = ["MergedReplay", "ReplaySource"]
 
-#: Reads what a source holds of the run of a run-scoped filter, in order.
-ReplaySource = Callable[[EventFilter], Awaitable[Sequence[Event]]]
+#: Reads what a source holds of a run (every event of it the source may share,
+#: whatever the subscription's filters), in the order they were appended.
+ReplaySource = Callable[[str], Awaitable[Sequence[Event]]]
 
 
 class MergedReplay(Subscription[E_co]):
     """A :class:`Subscription` made by ``bus.subscribe(run_id=..., replay=True)``
     (no ``after``) while the bus has replay sources.
 
-    Entering registers it on the local bus first (the bus's history of the run,
-    then live events, buffered from that moment), then reads the run from each
-    source. It hands out the sources' events first, in their order and up to
-    the first terminal event; then its local events, skipping every one whose
-    ``span_id`` was handed out already. If a source held the run's terminal
-    event, it ends once the local history adds nothing more (the run is over:
-    nothing live can follow); otherwise it ends as any run-scoped subscription
-    does. Events from a source carry the ``offset`` of the bus that first
-    accepted them. Its statistics count local events only; a local event
-    skipped as already handed out counts as delivered.
+    Entering registers it on the local bus first (live events are buffered
+    from that moment), then reads the whole run from each source, then merges
+    what the sources hold with what the local history holds of the run that
+    they do not (events above a bridge's visibility level, or trimmed from
+    Redis): each lane's events in ``seq`` order, the sources' order otherwise,
+    and the run's terminal event last. It hands out the merged events that
+    match its filters, then its live events, skipping every one whose
+    ``span_id`` was merged already. If a source held the run's terminal event,
+    it ends after handing it out (or where it would have, if the filters skip
+    it); otherwise it ends as any run-scoped subscription does. Events from a
+    source carry the ``offset`` of the bus that first accepted them. Its
+    statistics count local events only (those it handed out live, and those
+    merged from the local history as they are skipped).
     """
 
     __slots__ = ("_backlog", "_done", "_over", "_seen", "_sources")
@@ -69,21 +73,41 @@ class MergedReplay(Subscription[E_co]):
             connection to Redis after its retries)
         """
         await super().__aenter__()
+        run_id = self._filter.single_run
+        assert run_id is not None
+        seen = self._seen
+        remote: list[Event] = []
+        terminal: Event | None = None
         try:
             for source in self._sources:
-                for event in await source(self._filter):
-                    if event.span_id in self._seen:
+                for event in await source(run_id):
+                    if event.span_id in seen or event.run_id != run_id:
                         continue
-                    self._backlog.append(event)
-                    self._seen.add(event.span_id)
+                    seen.add(event.span_id)
                     if event.terminal:
-                        self._over = True
+                        terminal = event
                         break
-                if self._over:
+                    remote.append(event)
+                if terminal is not None:
                     break
         except BaseException:
             self.close()
             raise
+        if not remote and terminal is None:
+            return self  # nothing from the sources: a plain replay
+        held = list(self._bus._history.iter_after(0, self._filter.run_ids))
+        twins = {e.span_id: e.offset for e in held if e.span_id in seen}
+        local = [event for event in held if event.span_id not in seen]
+        seen.update(event.span_id for event in local)
+        if terminal is None:
+            terminal = next((event for event in local if event.terminal), None)
+        local = [event for event in local if not event.terminal]
+        merged = _merge(remote, local, twins)
+        if terminal is not None:
+            merged.append(terminal)
+            self._over = True
+        matches = self._filter.matches
+        self._backlog.extend(event for event in merged if matches(event))
         return self
 
     def close(self) -> None:
@@ -98,19 +122,32 @@ class MergedReplay(Subscription[E_co]):
             if self._closed:
                 raise anyio.ClosedResourceError
             return self._backlog.popleft()  # type: ignore[return-value]
+        if self._over:
+            self._finish()
+            raise anyio.EndOfStream
         seen = self._seen
         while True:
-            try:
-                event = super().receive_nowait()
-            except anyio.WouldBlock:
-                if not self._over:
-                    raise
-                # The run is over and nothing local is left: end (unregistered).
-                Subscription.close(self)
-                self._done = True
-                raise anyio.EndOfStream from None
+            event = super().receive_nowait()
             if event.span_id not in seen:
                 return event
+
+    def _finish(self) -> None:
+        """End after the merged events of a run that is over: take what the
+        local stream still holds (merged already, so counted as delivered; an
+        event after the run's end would be counted as dropped), then
+        unregister."""
+        seen = self._seen
+        buffer = self._buffer
+        while True:
+            try:
+                event = Subscription.receive_nowait(self)
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+            if event.span_id not in seen and not isinstance(event, EventsDropped):
+                buffer.delivered -= 1
+                buffer.dropped += 1
+        Subscription.close(self)
+        self._done = True
 
     async def _ready(self) -> None:
         """The cancellation check (or, every YIELD_INTERVAL events handed out,
@@ -156,6 +193,44 @@ class MergedReplay(Subscription[E_co]):
                 batch.append(self.receive_nowait())
         except (anyio.WouldBlock, anyio.EndOfStream):
             if not batch:
-                raise  # EndOfStream: WouldBlock needs an empty backlog, not over
+                raise  # EndOfStream (over); WouldBlock needs an empty backlog
         self._streak += len(batch)
         return batch
+
+
+def _merge(
+    remote: list[Event], local: list[Event], twins: dict[str, int]
+) -> list[Event]:
+    """*remote* (in its order) with *local* (in offset order) woven in: a local
+    event goes before the first remote event that the local history holds at a
+    higher offset (*twins*: span id -> local offset), and before the first
+    remote event of its lane with a higher ``seq``; the rest at the end, in
+    their order."""
+    if not local:
+        return remote
+    by_lane: dict[str, deque[Event]] = {}
+    for event in local:
+        by_lane.setdefault(event.lane_id, deque()).append(event)
+    placed: set[str] = set()
+    merged: list[Event] = []
+    i = 0
+
+    def place(event: Event) -> None:
+        placed.add(event.span_id)
+        merged.append(event)
+
+    for event in remote:
+        twin = twins.get(event.span_id)
+        if twin is not None:
+            while i < len(local) and local[i].offset < twin:
+                if local[i].span_id not in placed:
+                    place(local[i])
+                i += 1
+        lane = by_lane.get(event.lane_id)
+        while lane and lane[0].seq < event.seq:
+            earlier = lane.popleft()
+            if earlier.span_id not in placed:
+                place(earlier)
+        merged.append(event)
+    merged.extend(event for event in local if event.span_id not in placed)
+    return merged

@@ -24,9 +24,10 @@ the bridge runs on asyncio and on trio), for Redis 6.2 or newer. Install the
 * **Replay across processes.** :meth:`RedisBridge.replay` reads a run back from
   Redis. While the bridge is open, ``bus.subscribe(run_id=..., replay=True)``
   (without ``after``) reaches back into Redis too: entering registers on the
-  local bus, then reads the run from Redis; it hands out those events first,
-  then the local history and live events, skipping any with a ``span_id``
-  handed out already, and ends after the run's terminal event.
+  local bus, then reads the whole run from Redis and merges in what only the
+  local history holds of it (each lane in ``seq`` order, the terminal event
+  last); it hands those out, then live events, skipping any with a
+  ``span_id`` handed out already, and ends after the run's terminal event.
   (:meth:`RedisBridge.subscribe_replay` is a shorthand for it.)
 
 Key layout (``P`` the prefix; ``k`` the run's partition, ``crc32(run_id) mod
@@ -75,7 +76,7 @@ from ._bus import EventBus
 from ._codec import DEFAULT_MAX_SIZE, decode, encode
 from ._events import Event, Visibility
 from ._exceptions import BusClosed, DecodeError
-from ._filters import EventFilter, KindsArg, StrArg, make_filter
+from ._filters import KindsArg, StrArg, make_filter
 from ._overflow import Overflow
 from ._subscription import YIELD_INTERVAL, Subscription
 
@@ -907,15 +908,10 @@ class RedisBridge:
                     raise
                 await self._failed("replay", exc, backoff)
 
-    async def _replay_source(self, flt: EventFilter) -> list[Event]:
-        """The bus's replay source: the run of a run-scoped filter, from Redis."""
-        assert flt.single_run is not None
-        return await self.replay(
-            run_id=flt.single_run,
-            lane_id=flt.lane_ids,
-            kinds=flt.kinds,
-            visibility=flt.visibility,
-        )
+    async def _replay_source(self, run_id: str) -> list[Event]:
+        """The bus's replay source: the whole run, from Redis (up to the
+        bridge's level; the subscription applies its own filters)."""
+        return await self.replay(run_id=run_id, visibility=Visibility.PRIVATE)
 
     def subscribe_replay(
         self,
@@ -930,8 +926,9 @@ class RedisBridge:
     ) -> Subscription[Event]:
         """``bus.subscribe(run_id=run_id, replay=True, ...)`` on the bridged
         bus, which, while this bridge is open, reaches back into Redis: the
-        run's events from Redis first, then the local history and live events,
-        with no gap and no duplicate; it ends after the run's terminal event.
+        run from Redis merged with what only the local history holds of it,
+        then live events, with no gap and no duplicate; it ends after the
+        run's terminal event (see the module docs).
         The arguments are those of :meth:`EventBus.subscribe`.
 
         :raises TypeError, ValueError: as :meth:`EventBus.subscribe`

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from purpose_bus import (
     Event,
     EventBus,
-    EventFilter,
+    Log,
     MessageDelta,
     RunFinished,
     RunStarted,
@@ -34,18 +34,18 @@ class Source:
 
     def __init__(self, events: Sequence[Event] = ()) -> None:
         self.events = list(events)
-        self.asked: list[EventFilter] = []
+        self.asked: list[str] = []
         self.gate: anyio.Event | None = None
         self.error: BaseException | None = None
 
-    async def __call__(self, flt: EventFilter) -> list[Event]:
-        self.asked.append(flt)
+    async def __call__(self, run_id: str) -> list[Event]:
+        self.asked.append(run_id)
         if self.gate is not None:
             await self.gate.wait()
         await checkpoint()
         if self.error is not None:
             raise self.error
-        return [e for e in self.events if flt.matches(e)]
+        return [e for e in self.events if e.run_id == run_id]
 
 
 async def elsewhere(*events: Event) -> list[Event]:
@@ -74,16 +74,26 @@ class TestWhenASourceIsUsed:
             remove()
             assert type(bus.subscribe(run_id="r1", replay=True)) is Subscription
 
-    async def test_the_source_gets_the_subscriptions_filter(self) -> None:
-        source = Source()
+    async def test_the_source_is_asked_for_the_whole_run(self) -> None:
+        """The filters apply here, so that the source's terminal event ends the
+        subscription even when the filters skip it."""
+        remote = await elsewhere(
+            RunStarted(run_id="r1"),
+            delta("a", lane_id="a"),
+            Log(run_id="r1", lane_id="a", message="m"),
+            delta("b", lane_id="b"),
+            RunFinished(run_id="r1"),
+        )
+        source = Source(remote)
         async with EventBus() as bus:
             bus._add_replay_source(source)
             sub = bus.subscribe(
                 run_id="r1", lane_id="a", kinds=MessageDelta, replay=True
             )
             async with sub:
-                pass
-        assert source.asked == [sub.filter]
+                with anyio.fail_after(5):
+                    assert texts([e async for e in sub]) == ["a"]
+        assert source.asked == ["r1"]
 
 
 class TestOrder:
@@ -108,30 +118,38 @@ class TestOrder:
                 stats = sub.statistics()
                 assert (stats.delivered, stats.dropped, stats.buffered) == (5, 0, 0)
 
-    async def test_a_run_the_source_saw_end_ends_after_the_local_history(
-        self,
+    @pytest.mark.parametrize("mode", ["async for", "receive_batch"])
+    async def test_what_the_source_lacks_comes_in_order_and_the_end_last(
+        self, mode: str
     ) -> None:
-        remote = await elsewhere(
-            RunStarted(run_id="r1"), delta("a"), RunFinished(run_id="r1")
-        )
+        """The bus that produced a run: Redis holds its public events only (a
+        bridge at level PUBLIC); a PRIVATE late joiner gets every event once in
+        offset order, the terminal last, then the end."""
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
-            # Held locally too, plus a private event Redis would never hold.
-            await bus._ingest(remote[0], "remote")
-            bus.emit(MessageDelta(run_id="r1", text="private", visibility=PRIVATE))
+            for event in [
+                RunStarted(run_id="r1"),
+                delta("a", lane_id="x"),
+                MessageDelta(run_id="r1", lane_id="x", text="p", visibility=PRIVATE),
+                delta("b"),
+                MessageDelta(run_id="r1", text="i", visibility=Visibility.INTERNAL),
+                RunFinished(run_id="r1"),
+            ]:
+                bus.emit(event)
+            everything = bus.replay(run_id="r1", visibility=PRIVATE)
+            public = [e for e in everything if e.visibility == Visibility.PUBLIC]
+            bus._add_replay_source(Source(public))
             sub = bus.subscribe(run_id="r1", replay=True, visibility=PRIVATE)
             async with sub:
                 with anyio.fail_after(5):
-                    got = [e async for e in sub]
-                assert [e.kind for e in got] == [e.kind for e in remote] + [
-                    "message.delta"
-                ]
-                assert texts(got) == ["a", "private"]
+                    got = await receive(sub, len(everything), mode, 2)
+                assert got == everything
                 with pytest.raises(anyio.EndOfStream):
                     await sub.receive()
                 with pytest.raises(anyio.EndOfStream):
                     sub.receive_nowait()
                 assert bus.statistics().subscriptions == ()
+                stats = sub.statistics()
+                assert (stats.delivered, stats.dropped, stats.buffered) == (6, 0, 0)
             with pytest.raises(anyio.ClosedResourceError):
                 await sub.receive()
 
