@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -936,3 +937,30 @@ def test_keys_put_a_run_and_its_feed_in_one_hash_slot() -> None:
     assert bridge.run_key(run) == f"{{app:{k}}}:run:{run}"
     assert partition_of(run, 16) == partition_of(run, 16) < 16
     assert len({partition_of(f"run-{i}", 16) for i in range(200)}) == 16
+
+
+class TestReadmeExample:
+    async def test_the_readme_example_runs_and_ends(
+        self, redis_url: str, prefix: str, anyio_backend: str
+    ) -> None:
+        """The README's Redis example, as written (on the tests' Redis, with
+        the test's prefix, on this backend): it prints what it says and ends."""
+        readme = (Path(__file__).parent.parent / "README.md").read_text()
+        [code] = [
+            block
+            for block in re.findall(r"```python\n(.*?)```", readme, re.S)
+            if "from purpose_bus.redis import RedisBridge" in block
+        ]
+        code = code.replace('"redis://localhost:6379/0"', repr(redis_url))
+        code = code.replace('prefix="myapp"', f"prefix={prefix!r}")
+        run = f"anyio.run(main, backend={anyio_backend!r})"
+        code = code.replace("anyio.run(main)", run)
+        with anyio.fail_after(60):
+            result = await anyio.run_process([sys.executable, "-c", code], check=False)
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stdout.decode().splitlines() == [
+            "['run.started', 'message.delta', 'run.finished']",
+            "run.started 1",
+            "message.delta 2",
+            "run.finished 3",
+        ]
