@@ -9,7 +9,7 @@ import attrs
 
 from ._events import Event, Visibility
 
-__all__ = ["EventFilter", "KindsArg", "StrArg", "lane_and_kind_matcher", "make_filter"]
+__all__ = ["EventFilter", "KindsArg", "StrArg", "make_filter"]
 
 #: One string or a collection of strings.
 StrArg = str | Iterable[str] | None
@@ -74,25 +74,16 @@ class EventFilter:
             return next(iter(self.run_ids))
         return None
 
-    def matcher(self, *, skip_run: bool = False) -> Callable[[Event], bool]:
-        """A function equivalent to :meth:`matches`, specialised to the conditions
-        this filter has (the run condition left out if *skip_run*: the caller
-        has checked it already, as the bus's run index does)."""
-        level = self.visibility
-        lanes = self.lane_ids
-        kinds = self.kinds
-        if self.run_ids is not None and not skip_run:
-            return self.matches
-        if lanes is None and kinds is None:
-            return lambda event: event.visibility <= level
-        if kinds is None:
-            assert lanes is not None
-            return lambda event: event.visibility <= level and event.lane_id in lanes
+    def lane_and_kind_matcher(self) -> Callable[[Event], bool] | None:
+        """The lane and kind conditions as one function, or ``None`` if there
+        are neither (for the bus's run index, which checks the run and the
+        visibility itself)."""
+        lanes, kinds = self.lane_ids, self.kinds
         if lanes is None:
-            return lambda event: event.visibility <= level and event.kind in kinds
-        return lambda event: (
-            event.visibility <= level and event.lane_id in lanes and event.kind in kinds
-        )
+            return None if kinds is None else lambda e: e.kind in kinds
+        if kinds is None:
+            return lambda e: e.lane_id in lanes
+        return lambda e: e.lane_id in lanes and e.kind in kinds
 
     def matches(self, event: Event) -> bool:
         """Whether *event* passes every condition."""
@@ -102,17 +93,6 @@ class EventFilter:
             and (self.lane_ids is None or event.lane_id in self.lane_ids)
             and (self.kinds is None or event.kind in self.kinds)
         )
-
-
-def lane_and_kind_matcher(flt: EventFilter) -> Callable[[Event], bool] | None:
-    """The lane and kind conditions of *flt* as a function, ``None`` if it has
-    neither (for the bus's run index, which checks run and visibility itself)."""
-    lanes, kinds = flt.lane_ids, flt.kinds
-    if lanes is None:
-        return None if kinds is None else lambda e: e.kind in kinds
-    if kinds is None:
-        return lambda e: e.lane_id in lanes
-    return lambda e: e.lane_id in lanes and e.kind in kinds
 
 
 def make_filter(

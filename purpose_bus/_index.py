@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ._events import Event
-from ._filters import lane_and_kind_matcher
 from ._overflow import Overflow
 from ._sender import OverflowSender
 
@@ -63,7 +62,7 @@ class SubscriberIndex:
         flt = subscription.filter
         entry: Entry = (
             int(flt.visibility),
-            lane_and_kind_matcher(flt),
+            flt.lane_and_kind_matcher(),
             subscription.sender,
             subscription,
         )

@@ -24,6 +24,7 @@ from purpose_bus import (
     ToolCall,
     Visibility,
 )
+from purpose_bus._filters import make_filter
 
 
 @attrs.frozen(kw_only=True)
@@ -85,6 +86,22 @@ class TestEventFilter:
         assert expected
         assert [e.offset for e in received] == expected
         assert [e.offset for e in replayed] == expected
+
+    @given(kwargs=subscribe_kwargs(), event=bus_events())
+    def test_the_index_matcher_with_run_and_visibility_is_matches(
+        self, kwargs: dict[str, Any], event: Event
+    ) -> None:
+        """What the run index checks (run, visibility as an int) and the
+        lane-and-kind matcher, together, decide exactly as ``matches``."""
+        keys = ("run_id", "lane_id", "kinds", "visibility")
+        flt = make_filter(**{k: v for k, v in kwargs.items() if k in keys})
+        match = flt.lane_and_kind_matcher()
+        indexed = (
+            (flt.run_ids is None or event.run_id in flt.run_ids)
+            and int(event.visibility) <= int(flt.visibility)
+            and (match is None or match(event))
+        )
+        assert indexed == flt.matches(event)
 
     async def test_a_class_stands_for_its_own_kind_only(self) -> None:
         async with (
