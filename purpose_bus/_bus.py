@@ -209,12 +209,7 @@ class EventBus:
         if threading.get_ident() != self._loop_thread:
             self._handoff.put(event)
             return
-        if (
-            self._state != _OPEN
-            or not isinstance(event, Event)
-            or isinstance(event, EventsDropped)
-        ):
-            self._check(event)  # raises
+        self._check(event)
         if self._guards and self._guarded(event) is None:
             return
         if self._index.blocking or event.run_id in self._finished:
