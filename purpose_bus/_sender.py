@@ -170,22 +170,13 @@ class OverflowSender:
         overflow policy if the buffer is full. Under ``BLOCK`` the caller has made
         sure there is room (or is closing the bus), so the event always goes in.
         """
-        # The hot path: one call per delivery, kept short.
+        # The emit hot path is offer_each(), which inlines the common cases.
         self.matched += 1
         send = self._send_nowait
         if send is None:
             send = self._open()
-        elif self.buffered >= self.bound:
-            if self._evicts_at_once and not self._terminals:
-                # Drop-oldest without gap markers (the stream holds events only):
-                # evict the head and take its place.
-                self._receive_nowait()  # type: ignore[misc]
-                self.dropped += 1
-                self._tail_gap = None
-                send(event)
-                return
-            if not self._made_room(event):
-                return
+        elif self.buffered >= self.bound and not self._made_room(event):
+            return
         send(event)
         self.buffered += 1
         self._tail_gap = None
@@ -461,7 +452,8 @@ def offer_each(
             if sender.buffered < sender.bound:
                 sender.buffered += 1
             elif sender._evicts_at_once and not sender._terminals:
-                # Full, drop-oldest without gap markers: as in offer().
+                # Full, drop-oldest without gap markers (the stream holds events
+                # only): _evict_head() in one step, and take the head's place.
                 sender._receive_nowait()  # type: ignore[misc]
                 sender.dropped += 1
             else:
