@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.lowlevel import checkpoint
 
 from ._events import Event, EventsDropped
 from ._filters import EventFilter
@@ -148,15 +147,6 @@ class MergedReplay(Subscription[E_co]):
                 buffer.dropped += 1
         Subscription.close(self)
         self._done = True
-
-    async def _ready(self) -> None:
-        """The cancellation check (or, every YIELD_INTERVAL events handed out,
-        the yield) of a receive that will not wait."""
-        if self._streak < YIELD_INTERVAL:
-            await self._cancelled_check()
-        else:
-            self._streak = 0
-            await checkpoint()
 
     async def __anext__(self) -> E_co:
         if self._over or self._backlog:

@@ -286,11 +286,7 @@ class Subscription(Generic[E_co]):
             that was waiting when another one closed it
         """
         _check_max_items(max_items)
-        if self._streak < YIELD_INTERVAL:
-            await self._cancelled_check()
-        else:
-            self._streak = 0
-            await checkpoint()
+        await self._ready()
         while True:
             limit = min(max_items, YIELD_INTERVAL - self._streak)
             try:
@@ -318,6 +314,17 @@ class Subscription(Generic[E_co]):
         """
         _check_max_items(max_items)
         return _Batches(self, max_items)
+
+    async def _ready(self) -> None:
+        """The cancellation check of a receive about to hand out what is ready
+        or, once :data:`YIELD_INTERVAL` events went out since the last yield,
+        the yield. (:meth:`__anext__` has its own inline copy: it is the
+        per-event hot path.)"""
+        if self._streak < YIELD_INTERVAL:
+            await self._cancelled_check()
+        else:
+            self._streak = 0
+            await checkpoint()
 
     async def _wait(self) -> None:
         if not self._entered:
