@@ -554,16 +554,11 @@ _dumps_ascii = json.JSONEncoder(
 ).encode
 
 
-#: The plans of the classes :func:`encode` has met (registered for good: the
-#: registry never forgets a class).
-_encoding_plans: dict[type, _Plan] = {}
-
-
 def _encoding_plan(event: Event) -> _Plan:
-    plan = _encoding_plans.get(type(event))
-    if plan is None:
-        plan = _encoding_plans[type(event)] = _checked_plan(event)
-    return plan
+    # Only registered classes get a plan (decode looks them up in the registry,
+    # which never forgets one), so a class with a plan needs no more checking.
+    plan = _plans.get(type(event))
+    return _checked_plan(event) if plan is None else plan
 
 
 def _checked_plan(event: Event) -> _Plan:
