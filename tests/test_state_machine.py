@@ -123,29 +123,13 @@ async def publish_cancelled_while_waiting(bus: EventBus, event: Event) -> bool:
     return not done
 
 
-async def receive_cancelled_while_waiting(sub: Subscription[Event]) -> bool:
-    """Start ``receive()``, wait until it blocks, cancel it; return whether it
-    was still waiting (it must be)."""
-    done: list[Event] = []
+async def cancelled_while_waiting(receive: Callable[[], Awaitable[object]]) -> bool:
+    """Start *receive* (``sub.receive`` or ``sub.receive_batch``), wait until
+    it blocks, cancel it; return whether it was still waiting (it must be)."""
+    done: list[object] = []
 
     async def receiver() -> None:
-        done.append(await sub.receive())
-
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(receiver)
-            await wait_all_tasks_blocked()
-            tg.cancel_scope.cancel()
-    return not done
-
-
-async def receive_batch_cancelled_while_waiting(sub: Subscription[Event]) -> bool:
-    """Start ``receive_batch()``, wait until it blocks, cancel it; return whether
-    it was still waiting (it must be)."""
-    done: list[list[Event]] = []
-
-    async def receiver() -> None:
-        done.append(await sub.receive_batch())
+        done.append(await receive())
 
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as tg:
@@ -469,7 +453,7 @@ class BusMachine(RuleBasedStateMachine):
         expected: list[Expected] = [model.take(self.model)]
         first = expected[0]
         if first is anyio.WouldBlock:
-            assert self.call(receive_batch_cancelled_while_waiting, sub)
+            assert self.call(cancelled_while_waiting, sub.receive_batch)
             return
         if isinstance(first, type):  # EndOfStream, ClosedResourceError
             check_received(first, self.call(outcome, sub.receive_batch))
@@ -521,7 +505,7 @@ class BusMachine(RuleBasedStateMachine):
         for _ in range(count):
             expected: Expected = model.take(self.model)
             if wait and expected is anyio.WouldBlock:
-                assert self.call(receive_cancelled_while_waiting, sub)
+                assert self.call(cancelled_while_waiting, sub.receive)
                 return
             if wait:
                 got = self.call(outcome, sub.receive)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
@@ -37,6 +38,45 @@ from purpose_bus import (
 
 def resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+async def cancelled_calls(
+    receive: Callable[[], Awaitable[object]], iterate: AsyncIterator[object]
+) -> int:
+    """Call *receive* in a cancelled scope more than ``2 * YIELD_INTERVAL``
+    times, then take a step of *iterate* in one: how many of them raised the
+    cancellation (all must)."""
+    raised = 0
+    for _ in range(2 * YIELD_INTERVAL + 1):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await receive()
+        raised += scope.cancelled_caught
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await iterate.__anext__()
+    return raised + scope.cancelled_caught
+
+
+async def closed_while_waiting(
+    sub: Subscription[Event], receive: Callable[[], Awaitable[object]]
+) -> list[BaseException]:
+    """What *receive*, waiting in a task, raised when *sub* was closed."""
+    raised: list[BaseException] = []
+
+    async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await receive()
+        except anyio.ClosedResourceError as exc:
+            raised.append(exc)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(consumer)
+            await anyio.wait_all_tasks_blocked()
+            sub.close()
+    return raised
 
 
 class TestSubscription:
@@ -172,17 +212,7 @@ class TestSubscription:
         async with EventBus() as bus, bus.subscribe() as sub:
             bus.emit(delta("1"))
             # More calls than YIELD_INTERVAL: every one of them checks.
-            for _ in range(2 * YIELD_INTERVAL + 1):
-                with anyio.CancelScope() as scope:
-                    scope.cancel()
-                    await sub.receive()
-                    pytest.fail("receive() did not raise the cancellation")
-                assert scope.cancelled_caught
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                async for _event in sub:
-                    pytest.fail("iteration did not raise the cancellation")
-            assert scope.cancelled_caught
+            assert await cancelled_calls(sub.receive, sub) == 2 * YIELD_INTERVAL + 2
             assert sub.statistics().buffered == 1
             assert texts(drain(sub)) == ["1"]
 
@@ -347,21 +377,8 @@ class TestSubscription:
             assert sub.statistics() == stats
 
     async def test_close_wakes_a_task_waiting_in_receive(self) -> None:
-        raised: list[BaseException] = []
         async with EventBus() as bus, bus.subscribe() as sub:
-
-            async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-                task_status.started()
-                try:
-                    await sub.receive()
-                except anyio.ClosedResourceError as exc:
-                    raised.append(exc)
-
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    await tg.start(consumer)
-                    await anyio.wait_all_tasks_blocked()
-                    sub.close()
+            raised = await closed_while_waiting(sub, sub.receive)
         assert len(raised) == 1
 
     async def test_close_inside_iteration(self) -> None:
@@ -616,17 +633,8 @@ class TestReceiveBatch:
     async def test_is_a_cancellation_point_on_the_fast_path(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
             bus.emit(delta("1"))
-            for _ in range(2 * YIELD_INTERVAL + 1):
-                with anyio.CancelScope() as scope:
-                    scope.cancel()
-                    await sub.receive_batch()
-                    pytest.fail("receive_batch() did not raise the cancellation")
-                assert scope.cancelled_caught
-            with anyio.CancelScope() as scope:
-                scope.cancel()
-                async for _batch in sub.batches():
-                    pytest.fail("batches() did not raise the cancellation")
-            assert scope.cancelled_caught
+            calls = await cancelled_calls(sub.receive_batch, sub.batches())
+            assert calls == 2 * YIELD_INTERVAL + 2
             assert sub.statistics().buffered == 1
             assert texts(await sub.receive_batch()) == ["1"]
 
@@ -715,19 +723,7 @@ class TestReceiveBatch:
 
     async def test_close_wakes_a_task_waiting_in_receive_batch(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            caught: list[BaseException] = []
-
-            async def consumer() -> None:
-                try:
-                    await sub.receive_batch()
-                except anyio.ClosedResourceError as exc:
-                    caught.append(exc)
-
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(consumer)
-                    await anyio.wait_all_tasks_blocked()
-                    sub.close()
+            caught = await closed_while_waiting(sub, sub.receive_batch)
             assert len(caught) == 1
 
     async def test_receive_batch_before_entering_raises_runtime_error(self) -> None:

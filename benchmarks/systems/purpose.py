@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from purpose_bus import EventBus
+from purpose_bus import Event, EventBus, Subscription
 
 from ._base import Adapter, Handler, Pace
 
@@ -52,11 +52,17 @@ class PurposeBus(Adapter):
         assert self.bus is not None
         async with self.bus.subscribe(run_id=topic) as sub:
             task_status.started()
-            async for event in sub:
-                if handler(event):
-                    return
-                if pace is not None and pace.active:
-                    await anyio.sleep(pace.seconds)
+            await self._deliver(sub, handler, pace)
+
+    async def _deliver(
+        self, sub: Subscription[Event], handler: Handler, pace: Pace | None
+    ) -> None:
+        """Hand *sub*'s events to *handler* until it says stop: ``async for``."""
+        async for event in sub:
+            if handler(event):
+                return
+            if pace is not None and pace.active:
+                await anyio.sleep(pace.seconds)
 
     async def register(self, stack: AsyncExitStack, topic: str) -> None:
         assert self.bus is not None
@@ -74,23 +80,15 @@ class PurposeBus(Adapter):
 class PurposeBusBatch(PurposeBus):
     """Consumes a batch of ready events per ``receive_batch`` call."""
 
-    async def _consume(
-        self,
-        topic: str,
-        handler: Handler,
-        pace: Pace | None,
-        *,
-        task_status: TaskStatus[None],
+    async def _deliver(
+        self, sub: Subscription[Event], handler: Handler, pace: Pace | None
     ) -> None:
-        assert self.bus is not None
-        async with self.bus.subscribe(run_id=topic) as sub:
-            task_status.started()
-            async for batch in sub.batches():
-                for event in batch:
-                    if handler(event):
-                        return
-                    if pace is not None and pace.active:
-                        await anyio.sleep(pace.seconds)
+        async for batch in sub.batches():
+            for event in batch:
+                if handler(event):
+                    return
+                if pace is not None and pace.active:
+                    await anyio.sleep(pace.seconds)
 
 
 def make(name: str, backend: str) -> Adapter:
