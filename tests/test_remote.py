@@ -153,6 +153,23 @@ class TestOrder:
             with pytest.raises(anyio.ClosedResourceError):
                 await sub.receive()
 
+    async def test_a_local_event_after_the_sources_terminal_is_counted_dropped(
+        self,
+    ) -> None:
+        """The run ended elsewhere; this bus, not knowing it, accepts one more
+        event of it after the subscription was entered: it is not handed out
+        after the terminal, and it is counted as dropped, not lost silently."""
+        remote = await elsewhere(RunStarted(run_id="r1"), RunFinished(run_id="r1"))
+        async with EventBus() as bus:
+            bus._add_replay_source(Source(remote))
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                bus.emit(delta("late"))
+                with anyio.fail_after(5):
+                    got = [e.kind async for e in sub]
+                assert got == ["run.started", "run.finished"]
+                stats = sub.statistics()
+                assert (stats.delivered, stats.dropped, stats.buffered) == (0, 1, 0)
+
     async def test_nothing_in_the_source_is_plain_replay(self) -> None:
         async with EventBus() as bus:
             bus._add_replay_source(Source())
