@@ -520,9 +520,10 @@ class EventBus:
         :param replay: deliver the matching history first, then live events,
             with no gap and no duplicate at the switch. Scoped to one
             ``run_id``, without ``after``, on a bus with an open
-            :class:`~purpose_bus.redis.RedisBridge` (when this is called), it
-            reaches back into Redis: entering reads the run from there, and
-            those events come first (see the bridge's documentation)
+            :class:`~purpose_bus.redis.RedisBridge` (when this is called and when
+            it is entered), it reaches back into Redis: entering reads the run
+            from there and merges it with the history (see the bridge's
+            documentation)
         :param after: resume after this offset (replaying what history still
             holds after it); offsets history no longer holds are counted as
             dropped; an offset beyond the newest starts live
@@ -548,7 +549,7 @@ class EventBus:
             "name": name if name is not None else f"subscription-{next(self._names)}",
         }
         if replay and after is None and flt.single_run and self._replay_sources:
-            return MergedReplay(self, flt, sources=self._replay_sources, **options)
+            return MergedReplay(self, flt, **options)
         return Subscription(self, flt, **options)
 
     def _register(self, subscription: Subscription[Event]) -> None:

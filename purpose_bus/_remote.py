@@ -44,18 +44,15 @@ class MergedReplay(Subscription[E_co]):
     merged from the local history as they are skipped).
     """
 
-    __slots__ = ("_backlog", "_done", "_over", "_seen", "_sources")
+    __slots__ = ("_backlog", "_done", "_over", "_seen")
 
     def __init__(
         self,
         bus: EventBus,
         flt: EventFilter,
-        *,
-        sources: Sequence[ReplaySource],
         **kwargs: Any,
     ) -> None:
         super().__init__(bus, flt, **kwargs)
-        self._sources = tuple(sources)
         self._backlog: deque[Event] = deque()
         self._seen: set[str] = set()
         self._over = False  # a source held the run's terminal event
@@ -78,7 +75,7 @@ class MergedReplay(Subscription[E_co]):
         remote: list[Event] = []
         terminal: Event | None = None
         try:
-            for source in self._sources:
+            for source in self._bus._replay_sources:  # those open now
                 for event in await source(run_id):
                     if event.span_id in seen or event.run_id != run_id:
                         continue

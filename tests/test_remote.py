@@ -74,6 +74,19 @@ class TestWhenASourceIsUsed:
             remove()
             assert type(bus.subscribe(run_id="r1", replay=True)) is Subscription
 
+    async def test_a_source_removed_before_entering_is_not_asked(self) -> None:
+        """The sources are those of the bus when the subscription is entered (a
+        bridge closed in between is not read)."""
+        source = Source(await elsewhere(delta("remote")))
+        async with EventBus() as bus:
+            remove = bus._add_replay_source(source)
+            bus.emit(delta("local"))
+            sub = bus.subscribe(run_id="r1", replay=True)
+            remove()
+            async with sub:
+                assert texts(drain(sub)) == ["local"]
+        assert source.asked == []
+
     async def test_the_source_is_asked_for_the_whole_run(self) -> None:
         """The filters apply here, so that the source's terminal event ends the
         subscription even when the filters skip it."""
