@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import anyio
 
 from purpose_bus import Event, MessageDelta, Subscription
@@ -25,3 +27,19 @@ def drain(sub: Subscription[Event]) -> list[Event]:
 def texts(events: list[Event]) -> list[str]:
     """The texts of the message deltas among *events*."""
     return [e.text for e in events if isinstance(e, MessageDelta)]
+
+
+async def cancelled_while_waiting(receive: Callable[[], Awaitable[object]]) -> bool:
+    """Start *receive* (``sub.receive`` or ``sub.receive_batch``), wait until
+    it blocks, cancel it; return whether it was still waiting (it must be)."""
+    done: list[object] = []
+
+    async def receiver() -> None:
+        done.append(await receive())
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receiver)
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    return not done

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio import wait_all_tasks_blocked
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from helpers import cancelled_while_waiting
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -119,22 +120,6 @@ async def publish_cancelled_while_waiting(bus: EventBus, event: Event) -> bool:
             tg.start_soon(publisher)
             await wait_all_tasks_blocked()
             assert bus.statistics() == before  # nothing recorded while it waits
-            tg.cancel_scope.cancel()
-    return not done
-
-
-async def cancelled_while_waiting(receive: Callable[[], Awaitable[object]]) -> bool:
-    """Start *receive* (``sub.receive`` or ``sub.receive_batch``), wait until
-    it blocks, cancel it; return whether it was still waiting (it must be)."""
-    done: list[object] = []
-
-    async def receiver() -> None:
-        done.append(await receive())
-
-    with anyio.fail_after(TIMEOUT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(receiver)
-            await wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
     return not done
 

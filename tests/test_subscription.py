@@ -14,7 +14,7 @@ import anyio.abc
 import attrs
 import pytest
 from anyio.lowlevel import checkpoint
-from helpers import delta, drain, texts
+from helpers import cancelled_while_waiting, delta, drain, texts
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import bus_events, subscribe_kwargs
@@ -58,25 +58,39 @@ async def cancelled_calls(
     return raised + scope.cancelled_caught
 
 
-async def closed_while_waiting(
-    sub: Subscription[Event], receive: Callable[[], Awaitable[object]]
-) -> list[BaseException]:
-    """What *receive*, waiting in a task, raised when *sub* was closed."""
-    raised: list[BaseException] = []
+async def received_when_woken(
+    receive: Callable[[], Awaitable[object]], emit: Callable[[], object]
+) -> tuple[list[object], list[object]]:
+    """Start *receive* in a task; once it waits, note what it has received
+    (nothing, if it really waits), call *emit*, and return both notes."""
+    received: list[object] = []
 
     async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
         task_status.started()
-        try:
-            await receive()
-        except anyio.ClosedResourceError as exc:
-            raised.append(exc)
+        received.append(await receive())
 
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             await tg.start(consumer)
             await anyio.wait_all_tasks_blocked()
-            sub.close()
-    return raised
+            before = list(received)
+            emit()
+    return before, received
+
+
+async def closed_while_waiting(
+    sub: Subscription[Event], receive: Callable[[], Awaitable[object]]
+) -> list[BaseException]:
+    """What *receive*, waiting in a task, raised when *sub* was closed."""
+
+    async def receive_until_closed() -> object:
+        try:
+            return await receive()
+        except anyio.ClosedResourceError as exc:
+            return exc
+
+    _, received = await received_when_woken(receive_until_closed, sub.close)
+    return [item for item in received if isinstance(item, BaseException)]
 
 
 class TestSubscription:
@@ -194,19 +208,11 @@ class TestSubscription:
 
     async def test_receive_waits_for_an_event(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            received: list[Event] = []
-
-            async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-                task_status.started()
-                received.append(await sub.receive())
-
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    await tg.start(consumer)
-                    await anyio.wait_all_tasks_blocked()
-                    assert received == []
-                    bus.emit(delta("1"))
-            assert texts(received) == ["1"]
+            before, received = await received_when_woken(
+                sub.receive, lambda: bus.emit(delta("1"))
+            )
+            assert before == []
+            assert received == [bus.replay()[0]]
 
     async def test_receive_is_a_cancellation_point_on_the_fast_path(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
@@ -218,11 +224,7 @@ class TestSubscription:
 
     async def test_cancelled_receive_loses_nothing(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(sub.receive)
-                    await anyio.wait_all_tasks_blocked()
-                    tg.cancel_scope.cancel()
+            assert await cancelled_while_waiting(sub.receive)
             bus.emit(delta("1"))
             assert texts([await sub.receive()]) == ["1"]
             assert sub.statistics().delivered == 1
@@ -614,21 +616,15 @@ class TestReceiveBatch:
 
     async def test_waits_for_an_event(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            received: list[list[Event]] = []
 
-            async def consumer(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-                task_status.started()
-                received.append(await sub.receive_batch())
+            def emit_two() -> None:
+                bus.emit(delta("1"))
+                bus.emit(delta("2"))
 
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    await tg.start(consumer)
-                    await anyio.wait_all_tasks_blocked()
-                    assert received == []
-                    bus.emit(delta("1"))
-                    bus.emit(delta("2"))
+            before, received = await received_when_woken(sub.receive_batch, emit_two)
+            assert before == []
             # Woken by the first emit, it ran after both: it takes both at once.
-            assert [texts(batch) for batch in received] == [["1", "2"]]
+            assert received == [bus.replay()]
 
     async def test_is_a_cancellation_point_on_the_fast_path(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
@@ -640,11 +636,7 @@ class TestReceiveBatch:
 
     async def test_cancelled_while_waiting_loses_nothing(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            with anyio.fail_after(5):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(sub.receive_batch)
-                    await anyio.wait_all_tasks_blocked()
-                    tg.cancel_scope.cancel()
+            assert await cancelled_while_waiting(sub.receive_batch)
             bus.emit(delta("1"))
             assert texts(await sub.receive_batch()) == ["1"]
             assert sub.statistics().delivered == 1
@@ -819,21 +811,6 @@ def _take_nowait(sub: Subscription[Event], count: int) -> list[Event] | type:
     return taken
 
 
-async def _waits(sub: Subscription[Event]) -> bool:
-    """Whether ``receive_batch()`` waits (it is cancelled once it does)."""
-    done: list[list[Event]] = []
-
-    async def receiver() -> None:
-        done.append(await sub.receive_batch())
-
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(receiver)
-            await anyio.wait_all_tasks_blocked()
-            tg.cancel_scope.cancel()
-    return not done
-
-
 class TestReceiveBatchProperty:
     @given(
         spec=subscribe_kwargs(),
@@ -869,7 +846,7 @@ class TestReceiveBatchProperty:
                 if isinstance(operation, int):
                     expected = _take_nowait(single, operation)
                     if expected is anyio.WouldBlock:
-                        assert await _waits(batched)
+                        assert await cancelled_while_waiting(batched.receive_batch)
                     elif expected is anyio.EndOfStream:
                         with pytest.raises(anyio.EndOfStream):
                             await batched.receive_batch(operation)
