@@ -227,9 +227,12 @@ class Subscription(Generic[E_co]):
         Always a cancellation point. When events are buffered it returns without
         a scheduler round trip, but it yields to the scheduler at least once in
         every :data:`YIELD_INTERVAL` (1024) calls, so a busy subscriber cannot
-        starve the loop, yet drains a burst of fewer events in one turn.
-        Cancelled while waiting, it leaves the subscription unchanged: no event
-        is lost.
+        starve the loop, yet drains a burst of fewer events in one turn. When
+        nothing is buffered it yields once and looks again before it waits (as
+        AnyIO's own ``receive`` yields first): an event that a task ready to
+        run emits meanwhile is taken without a wake-up. Cancelled while waiting
+        or in that yield, it leaves the subscription unchanged: no event is
+        lost.
 
         :raises anyio.EndOfStream: when the subscription has ended (see the class
             docstring) and its buffer is drained
@@ -273,10 +276,11 @@ class Subscription(Generic[E_co]):
         events are ready it returns without a scheduler round trip, but it
         yields to the scheduler before handing out more than
         :data:`YIELD_INTERVAL` (1024) events since its last yield (counting
-        :meth:`receive` too), so a busy subscriber cannot starve the loop.
-        Cancelled (while waiting or not), it leaves the subscription unchanged:
-        no event is lost. Accounting is as for :meth:`receive`: each event in
-        the list counts as delivered.
+        :meth:`receive` too), so a busy subscriber cannot starve the loop. With
+        nothing ready it yields once and looks again before it waits, as
+        :meth:`receive` does. Cancelled (while waiting or not), it leaves the
+        subscription unchanged: no event is lost. Accounting is as for
+        :meth:`receive`: each event in the list counts as delivered.
 
         :raises TypeError: if *max_items* is not an int
         :raises ValueError: if *max_items* is below 1
@@ -327,9 +331,14 @@ class Subscription(Generic[E_co]):
             await checkpoint()
 
     async def _wait(self) -> None:
+        """Called when nothing is ready: the first time since the last yield, yield
+        once and return (the caller looks again); else wait for the buffer."""
         if not self._entered:
             raise RuntimeError("enter the subscription ('async with') before receiving")
-        self._streak = 0
+        if self._streak:
+            self._streak = 0
+            await checkpoint()
+            return
         await self._buffer.wait()
 
     def statistics(self) -> SubscriptionStatistics:

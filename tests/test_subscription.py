@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import bus_events, subscribe_kwargs
 
+import purpose_bus._subscription as subscription_module
 from purpose_bus import (
     YIELD_INTERVAL,
     BusClosed,
@@ -34,6 +35,7 @@ from purpose_bus import (
     Subscription,
     SubscriptionStatistics,
 )
+from purpose_bus._sender import OverflowSender
 
 
 def resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -287,6 +289,63 @@ class TestSubscription:
             stats = sub.statistics()
         assert stats.dropped == 0
         assert received == stats.delivered == 20_000
+
+    @pytest.mark.parametrize("method", ["receive", "receive_batch"])
+    async def test_with_nothing_ready_it_yields_once_and_looks_again_before_waiting(
+        self, method: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # What a publisher that was ready to run emits during that one yield is
+        # taken without setting up a wait and a wake-up.
+        waits: list[OverflowSender] = []
+        real_wait = OverflowSender.wait
+
+        async def counted_wait(sender: OverflowSender) -> None:
+            waits.append(sender)
+            await real_wait(sender)
+
+        monkeypatch.setattr(OverflowSender, "wait", counted_wait)
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta("1"))
+            assert texts([await sub.receive()]) == ["1"]
+
+            async def a_publisher_runs() -> None:
+                bus.emit(delta("2"))
+                await checkpoint()
+
+            monkeypatch.setattr(subscription_module, "checkpoint", a_publisher_runs)
+            with anyio.fail_after(5):
+                got = await getattr(sub, method)()
+            monkeypatch.setattr(subscription_module, "checkpoint", checkpoint)
+            assert texts(got if isinstance(got, list) else [got]) == ["2"]
+            assert waits == []
+            # Nothing arrives during the yield: then it waits, and is woken.
+            before, received = await received_when_woken(
+                getattr(sub, method), lambda: bus.emit(delta("3"))
+            )
+            assert before == []
+            assert len(received) == 1
+            assert waits == [sub.sender]
+
+    async def test_cancelled_in_that_yield_it_loses_nothing(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            bus.emit(delta("1"))
+            await sub.receive()
+            with anyio.CancelScope() as scope:
+
+                async def cancelled_yield() -> None:
+                    bus.emit(delta("2"))
+                    scope.cancel()
+                    await checkpoint()
+
+                monkeypatch.setattr(subscription_module, "checkpoint", cancelled_yield)
+                with anyio.fail_after(5):
+                    await sub.receive()
+            monkeypatch.undo()
+            assert scope.cancelled_caught
+            assert sub.statistics().buffered == 1
+            assert texts(drain(sub)) == ["2"]
 
     # -- how it ends ----------------------------------------------------------
 
