@@ -256,13 +256,15 @@ class Subscription(Generic[E_co]):
         else:
             self._streak = 0
             await checkpoint()
+        looked = 0  # how many times this call found nothing ready
         while True:
             try:
                 if self.replaying:
                     return self._take_replayed()  # type: ignore[return-value]
                 return self._buffer.take()  # type: ignore[return-value]
             except anyio.WouldBlock:
-                await self._wait()
+                looked += 1
+                await self._wait(looked)
             except anyio.EndOfStream:
                 raise StopAsyncIteration from None
 
@@ -291,6 +293,7 @@ class Subscription(Generic[E_co]):
         """
         _check_max_items(max_items)
         await self._ready()
+        looked = 0  # how many times this call found nothing ready
         while True:
             limit = min(max_items, YIELD_INTERVAL - self._streak)
             try:
@@ -299,7 +302,8 @@ class Subscription(Generic[E_co]):
                 else:
                     batch = self._buffer.take_batch(limit)
             except anyio.WouldBlock:
-                await self._wait()
+                looked += 1
+                await self._wait(looked)
                 continue
             self._streak += len(batch)
             return batch  # type: ignore[return-value]
@@ -330,13 +334,15 @@ class Subscription(Generic[E_co]):
             self._streak = 0
             await checkpoint()
 
-    async def _wait(self) -> None:
-        """Called when nothing is ready: the first time since the last yield, yield
-        once and return (the caller looks again); else wait for the buffer."""
+    async def _wait(self, looked: int) -> None:
+        """Called by a receive that found nothing ready for the *looked*-th time:
+        the first time, yield once and return (the caller looks again, and what
+        a task that was ready to run emitted meanwhile is there); after that,
+        wait for the buffer to be woken."""
         if not self._entered:
             raise RuntimeError("enter the subscription ('async with') before receiving")
-        if self._streak:
-            self._streak = 0
+        self._streak = 0
+        if looked == 1:
             await checkpoint()
             return
         await self._buffer.wait()

@@ -291,11 +291,12 @@ class TestSubscription:
         assert received == stats.delivered == 20_000
 
     @pytest.mark.parametrize("method", ["receive", "receive_batch"])
+    @pytest.mark.parametrize("after", ["nothing", "a ready event", "a wait"])
     async def test_with_nothing_ready_it_yields_once_and_looks_again_before_waiting(
-        self, method: str, monkeypatch: pytest.MonkeyPatch
+        self, method: str, after: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # What a publisher that was ready to run emits during that one yield is
-        # taken without setting up a wait and a wake-up.
+        # taken without setting up a wait and a wake-up, whatever came before.
         waits: list[OverflowSender] = []
         real_wait = OverflowSender.wait
 
@@ -305,47 +306,52 @@ class TestSubscription:
 
         monkeypatch.setattr(OverflowSender, "wait", counted_wait)
         async with EventBus() as bus, bus.subscribe() as sub:
-            bus.emit(delta("1"))
-            assert texts([await sub.receive()]) == ["1"]
+            receive = getattr(sub, method)
+            if after == "a ready event":
+                bus.emit(delta("0"))
+                await receive()
+            elif after == "a wait":
+                await received_when_woken(receive, lambda: bus.emit(delta("0")))
+            waits.clear()
 
             async def a_publisher_runs() -> None:
-                bus.emit(delta("2"))
+                bus.emit(delta("1"))
                 await checkpoint()
 
             monkeypatch.setattr(subscription_module, "checkpoint", a_publisher_runs)
             with anyio.fail_after(5):
-                got = await getattr(sub, method)()
+                got = await receive()
             monkeypatch.setattr(subscription_module, "checkpoint", checkpoint)
-            assert texts(got if isinstance(got, list) else [got]) == ["2"]
+            assert texts(got if isinstance(got, list) else [got]) == ["1"]
             assert waits == []
             # Nothing arrives during the yield: then it waits, and is woken.
             before, received = await received_when_woken(
-                getattr(sub, method), lambda: bus.emit(delta("3"))
+                receive, lambda: bus.emit(delta("2"))
             )
             assert before == []
             assert len(received) == 1
             assert waits == [sub.sender]
 
+    @pytest.mark.parametrize("method", ["receive", "receive_batch"])
     async def test_cancelled_in_that_yield_it_loses_nothing(
-        self, monkeypatch: pytest.MonkeyPatch
+        self, method: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            bus.emit(delta("1"))
-            await sub.receive()
             with anyio.CancelScope() as scope:
 
                 async def cancelled_yield() -> None:
-                    bus.emit(delta("2"))
+                    bus.emit(delta("1"))
                     scope.cancel()
                     await checkpoint()
 
                 monkeypatch.setattr(subscription_module, "checkpoint", cancelled_yield)
                 with anyio.fail_after(5):
-                    await sub.receive()
+                    await getattr(sub, method)()
             monkeypatch.undo()
             assert scope.cancelled_caught
-            assert sub.statistics().buffered == 1
-            assert texts(drain(sub)) == ["2"]
+            stats = sub.statistics()
+            assert (stats.buffered, stats.delivered) == (1, 0)
+            assert texts(drain(sub)) == ["1"]
 
     # -- how it ends ----------------------------------------------------------
 
