@@ -13,7 +13,8 @@ import anyio
 
 from ._events import Event, EventsDropped
 from ._filters import EventFilter
-from ._subscription import YIELD_INTERVAL, E_co, Subscription, _check_max_items
+from ._sender import take_up_to
+from ._subscription import E_co, Subscription
 
 if TYPE_CHECKING:
     from ._bus import EventBus
@@ -145,44 +146,10 @@ class MergedReplay(Subscription[E_co]):
         Subscription.close(self)
         self._done = True
 
-    async def __anext__(self) -> E_co:
-        if self._over or self._backlog:
-            # Nothing to wait for: hand out what is ready, or end.
-            await self._ready()
-            try:
-                event = self.receive_nowait()
-            except anyio.EndOfStream:
-                raise StopAsyncIteration from None
-            self._streak += 1
-            return event
-        seen = self._seen
-        while True:
-            event = await super().__anext__()
-            if event.span_id not in seen:
-                return event
-
-    async def receive_batch(self, max_items: int = YIELD_INTERVAL) -> list[E_co]:
-        """As :meth:`Subscription.receive_batch`, in this class's order: the
-        source's events, then local ones not handed out already."""
-        if not (self._over or self._backlog):
-            seen = self._seen
-            while True:
-                batch = await super().receive_batch(max_items)
-                fresh = [event for event in batch if event.span_id not in seen]
-                if fresh:
-                    return fresh
-        _check_max_items(max_items)
-        await self._ready()
-        limit = max(1, min(max_items, YIELD_INTERVAL - self._streak))
-        batch = []
-        try:
-            while len(batch) < limit:
-                batch.append(self.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            if not batch:
-                raise  # EndOfStream (over); WouldBlock needs an empty backlog
-        self._streak += len(batch)
-        return batch
+    def _take_batch(self, limit: int) -> list[Event]:
+        # One by one, in this class's order (receive and async for take
+        # receive_nowait, so they follow it too).
+        return take_up_to(self.receive_nowait, limit)
 
 
 def _merge(

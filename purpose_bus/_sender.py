@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Union
+from typing import TypeVar, Union
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -33,7 +33,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._events import Event, EventsDropped
 from ._overflow import Overflow
 
-__all__ = ["Gap", "OverflowSender", "offer_each"]
+__all__ = ["Gap", "OverflowSender", "offer_each", "take_up_to"]
+
+T = TypeVar("T")
 
 
 class Gap:
@@ -377,7 +379,7 @@ class OverflowSender:
         :raises anyio.ClosedResourceError: if the subscription was closed
         """
         if self.gap_events:
-            return self._take_batch_with_gaps(limit)
+            return take_up_to(self.take, limit)
         # No gap markers anywhere: the stream holds exactly ``buffered`` events.
         count = min(limit, self.buffered)
         if not count:
@@ -392,16 +394,6 @@ class OverflowSender:
         if self._room_waiter is not None:
             self.wake_room()
         return events
-
-    def _take_batch_with_gaps(self, limit: int) -> list[Event]:
-        items: list[Event] = []
-        try:
-            while len(items) < limit:
-                items.append(self.take())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            if not items:
-                raise
-        return items
 
     async def wait(self) -> None:
         """Wait until something may be taken (or the stream ended).
@@ -430,6 +422,20 @@ class OverflowSender:
         if waiter is not None and (force or self.ended or self.buffered < self.bound):
             self._room_waiter = None
             waiter.set()
+
+
+def take_up_to(take: Callable[[], T], limit: int) -> list[T]:
+    """Call *take* until it has given *limit* items, or raises
+    :exc:`anyio.WouldBlock` or :exc:`anyio.EndOfStream`; return what it gave
+    (that exception if it gave nothing)."""
+    items: list[T] = []
+    try:
+        while len(items) < limit:
+            items.append(take())
+    except (anyio.WouldBlock, anyio.EndOfStream):
+        if not items:
+            raise
+    return items
 
 
 def offer_each(

@@ -16,7 +16,7 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 from ._events import Event
 from ._filters import EventFilter
 from ._overflow import Overflow
-from ._sender import Gap, OverflowSender
+from ._sender import Gap, OverflowSender, take_up_to
 from ._statistics import SubscriptionStatistics
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["YIELD_INTERVAL", "Subscription"]
 
 E_co = TypeVar("E_co", bound=Event, covariant=True)
+T = TypeVar("T")
 
 #: A receive that finds events buffered hands them out without a scheduler round
 #: trip, but yields to the scheduler before it hands out more than this many
@@ -256,17 +257,13 @@ class Subscription(Generic[E_co]):
         else:
             self._streak = 0
             await checkpoint()
-        looked = 0  # how many times this call found nothing ready
-        while True:
+        try:
             try:
-                if self.replaying:
-                    return self._take_replayed()  # type: ignore[return-value]
-                return self._buffer.take()  # type: ignore[return-value]
+                return self.receive_nowait()
             except anyio.WouldBlock:
-                looked += 1
-                await self._wait(looked)
-            except anyio.EndOfStream:
-                raise StopAsyncIteration from None
+                return await self._when_ready(self.receive_nowait)
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
 
     async def receive_batch(self, max_items: int = YIELD_INTERVAL) -> list[E_co]:
         """Return every event that is ready, up to *max_items* (and up to
@@ -293,20 +290,16 @@ class Subscription(Generic[E_co]):
         """
         _check_max_items(max_items)
         await self._ready()
-        looked = 0  # how many times this call found nothing ready
-        while True:
-            limit = min(max_items, YIELD_INTERVAL - self._streak)
-            try:
-                if self.replaying:
-                    batch = self._take_replayed_batch(limit)
-                else:
-                    batch = self._buffer.take_batch(limit)
-            except anyio.WouldBlock:
-                looked += 1
-                await self._wait(looked)
-                continue
-            self._streak += len(batch)
-            return batch  # type: ignore[return-value]
+
+        def take() -> list[Event]:
+            return self._take_batch(min(max_items, YIELD_INTERVAL - self._streak))
+
+        try:
+            batch = take()
+        except anyio.WouldBlock:
+            batch = await self._when_ready(take)
+        self._streak += len(batch)
+        return batch  # type: ignore[return-value]
 
     def batches(self, max_items: int = YIELD_INTERVAL) -> AsyncIterator[list[E_co]]:
         """Iterate over lists of events: ``async for batch in sub.batches():``
@@ -334,18 +327,21 @@ class Subscription(Generic[E_co]):
             self._streak = 0
             await checkpoint()
 
-    async def _wait(self, looked: int) -> None:
-        """Called by a receive that found nothing ready for the *looked*-th time:
-        the first time, yield once and return (the caller looks again, and what
-        a task that was ready to run emitted meanwhile is there); after that,
-        wait for the buffer to be woken."""
+    async def _when_ready(self, take: Callable[[], T]) -> T:
+        """The rest of a receive that found nothing ready: yield once and call
+        *take* again (what a task that was ready to run emitted meanwhile is
+        there, without a wake-up); after that, wait for the buffer to be woken
+        and call it again, until it gives something. Raises what *take* raises,
+        except :exc:`anyio.WouldBlock`."""
         if not self._entered:
             raise RuntimeError("enter the subscription ('async with') before receiving")
         self._streak = 0
-        if looked == 1:
-            await checkpoint()
-            return
-        await self._buffer.wait()
+        await checkpoint()
+        while True:
+            try:
+                return take()
+            except anyio.WouldBlock:
+                await self._buffer.wait()
 
     def statistics(self) -> SubscriptionStatistics:
         """A snapshot of this subscription's counters."""
@@ -398,19 +394,13 @@ class Subscription(Generic[E_co]):
                 self._bus._go_live(self)
                 return buffer.take()
 
-    def _take_replayed_batch(self, limit: int) -> list[Event]:
-        """Up to *limit* events (at least one) from replay, then from the live
-        buffer once replay is done."""
-        events: list[Event] = []
-        try:
-            while self.replaying and len(events) < limit:
-                events.append(self._take_replayed())
-            if len(events) < limit:
-                events += self._buffer.take_batch(limit - len(events))
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            if not events:
-                raise
-        return events
+    def _take_batch(self, limit: int) -> list[Event]:
+        """Up to *limit* (>= 1) ready events, at least one, without waiting; raises
+        as :meth:`receive_nowait` does. Replayed events are taken one by one (up
+        to the switch to live events, if it comes), live ones in one step."""
+        if self.replaying:
+            return take_up_to(self.receive_nowait, limit)
+        return self._buffer.take_batch(limit)
 
     def _read_more(self) -> bool:
         matches = self._filter.matches
