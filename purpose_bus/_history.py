@@ -33,14 +33,16 @@ class _RunIndex(list[Event]):
         super().__init__(events)
         self.head = 0
 
-    def pop_oldest(self) -> None:
+    def pop_oldest(self) -> bool:
+        """Forget the oldest event; return whether none is left."""
         # Drop the reference now, so an evicted event is freed at once (the
         # slot is compacted away later; bisect starts at head, past the Nones).
         self[self.head] = None  # type: ignore[call-overload]
-        self.head += 1
-        if self.head > 32 and self.head * 2 > len(self):
-            del self[: self.head]
-            self.head = 0
+        head = self.head = self.head + 1
+        if head > 32 and head * 2 > len(self):
+            del self[:head]
+            head = self.head = 0
+        return head == len(self)
 
     def remaining(self) -> int:
         return len(self) - self.head
@@ -108,8 +110,7 @@ class History:
             if type(entry) is not _RunIndex:
                 del by_run[evicted.run_id]
             else:
-                entry.pop_oldest()
-                if entry.head == len(entry):
+                if entry.pop_oldest():
                     del by_run[evicted.run_id]
         run_id = event.run_id
         current = by_run.get(run_id)
