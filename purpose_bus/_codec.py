@@ -37,8 +37,8 @@ objects inside one field, the same limit both ways: deeper input raises
 (Both need that many Python frames of headroom; from deeper in a call stack
 than ~700 frames they refuse sooner.) A key repeated in one JSON object keeps
 its last value, as in :func:`json.loads`. A lone surrogate in a string is
-written as a ``\\udXXX`` escape. There is no pickle anywhere: only JSON values go in or
-come out.
+written as a ``\\udXXX`` escape. There is no pickle anywhere: only JSON values
+go in or come out.
 """
 
 from __future__ import annotations

@@ -894,6 +894,8 @@ class TestLifecycle:
                 await bridge.__aenter__()
         with pytest.raises(RuntimeError, match="not open"):
             await bridge.replay(run_id="r")
+        with pytest.raises(RuntimeError, match="not open"):
+            bridge.subscribe_replay(run_id="r")
 
     async def test_the_bus_closing_first_stops_the_bridge(
         self, redis_url: str, prefix: str
