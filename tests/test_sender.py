@@ -55,6 +55,40 @@ def counters(sub: Subscription[Event]) -> tuple[int, int, int]:
     return stats.delivered, stats.dropped, stats.buffered
 
 
+class TestStream:
+    """The sender makes its AnyIO stream when the first item is buffered, so an
+    idle subscription costs no stream (see ``_sender.py``)."""
+
+    async def test_an_idle_subscription_has_no_stream_until_its_first_event(
+        self,
+    ) -> None:
+        async with EventBus() as bus, bus.subscribe(run_id="r1") as sub:
+            bus.emit(delta("elsewhere", run_id="r2"))
+            assert sub.sender._send is None
+            with pytest.raises(anyio.WouldBlock):
+                sub.receive_nowait()
+            bus.emit(delta("1"))
+            assert sub.sender._send is not None
+            assert [e.text for e in drain(sub) if isinstance(e, MessageDelta)] == ["1"]
+
+    async def test_without_a_stream_close_and_the_end_raise_as_with_one(
+        self,
+    ) -> None:
+        async with EventBus() as bus:
+            closed = bus.subscribe(run_id="r1")
+            ended = bus.subscribe(run_id="r1")
+            async with closed, ended:
+                closed.close()
+                with pytest.raises(anyio.ClosedResourceError):
+                    closed.receive_nowait()
+                with pytest.raises(anyio.ClosedResourceError):
+                    await closed.receive()
+                await bus.aclose()
+                assert ended.sender._send is None
+                with pytest.raises(anyio.EndOfStream):
+                    await ended.receive()
+
+
 class TestOverflow:
     # -- the table ------------------------------------------------------------
 
