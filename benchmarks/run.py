@@ -276,11 +276,11 @@ def key_ratios(
         if (v := metric(results, "fanout", p, "subs_10")) is not None
     }
     # Per event (``async for event in sub``) and per batch (``sub.batches()``).
-    variants = (("per event", pb), ("batch", pb + "-batch"))
+    variants = (("per event", ""), ("batch", "-batch"))
     if peers:
         fastest = max(peers, key=lambda p: peers[p])
-        for how, name in variants:
-            value = paired_ratio(records, "fanout", name, fastest, "subs_10")
+        for how, suffix in variants:
+            value = paired_ratio(records, "fanout", pb + suffix, fastest, "subs_10")
             add(
                 f"fan-out 10 subs: purpose_bus ({how}) / fastest peer ({fastest})",
                 value,
@@ -288,14 +288,14 @@ def key_ratios(
                 at_least(value, 1.0),
             )
     for other in ("asyncio-queue", "raw-anyio-asyncio"):
-        for how, name in variants:
-            value = paired_ratio(records, "fanout", name, other, "subs_10")
+        for how, suffix in variants:
+            value = paired_ratio(records, "fanout", pb + suffix, other, "subs_10")
             add(f"fan-out 10 subs: purpose_bus ({how}) / {other}", value, "", None)
     for peer in ("blinker-sync", "asyncio-queue", "seed"):
         value = paired_ratio(records, "fanout", peer, "raw-anyio-asyncio", "subs_10")
         add(f"fan-out 10 subs: {peer} / raw-anyio-asyncio", value, "(reference)", None)
     for backend, floor in (("trio", 2.0), ("uvloop", None)):
-        for how, suffix in (("per event", ""), ("batch", "-batch")):
+        for how, suffix in variants:
             value = paired_ratio(
                 records,
                 "fanout",
