@@ -33,6 +33,8 @@ from ._exceptions import DecodeError as DecodeError
 from ._exceptions import EventRejected as EventRejected
 from ._exceptions import PurposeBusError as PurposeBusError
 from ._filters import EventFilter as EventFilter
+from ._frozen import FrozenDict as FrozenDict
+from ._frozen import thaw as thaw
 from ._guards import DEFAULT_HIDDEN_KEYS as DEFAULT_HIDDEN_KEYS
 from ._guards import Guard as Guard
 from ._guards import hidden_reasoning_guard as hidden_reasoning_guard
@@ -57,6 +59,7 @@ __all__ = [
     "EventFilter",
     "EventRejected",
     "EventsDropped",
+    "FrozenDict",
     "Guard",
     "LaneFinished",
     "LaneStarted",
@@ -83,4 +86,5 @@ __all__ = [
     "parallel_merge",
     "registered_kinds",
     "reject_hidden_reasoning",
+    "thaw",
 ]

@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
+from ._admission import check_emittable
 from ._events import Event, EventsDropped, Visibility, _stampers, stamper
 from ._exceptions import BusClosed, EventRejected
 from ._filters import EventFilter, KindsArg, StrArg, make_filter
@@ -25,7 +26,7 @@ from ._overflow import Overflow
 from ._remote import MergedReplay, ReplaySource
 from ._sender import offer_each
 from ._statistics import BusStatistics
-from ._subscription import Subscription
+from ._subscription import Subscription, wrong_thread
 from ._threads import ThreadHandoff
 
 __all__ = ["EventBus"]
@@ -341,11 +342,20 @@ class EventBus:
         return self._accept(event, targets, source)
 
     def _check(self, event: object) -> None:
+        """What the bus checks of an event before anything else (its fields
+        were checked and frozen when it was made: see ``_admission``)."""
         if not isinstance(event, Event):
             raise TypeError(f"expected an Event, got {type(event).__name__}")
         if isinstance(event, EventsDropped):
             raise TypeError("EventsDropped notices are made by the bus, not emitted")
+        check_emittable(type(event))
         self._check_open()
+
+    def _check_loop(self, action: str) -> None:
+        """Refuse *action* from a thread other than the loop's, once open."""
+        thread = self._loop_thread
+        if thread is not None and threading.get_ident() != thread:
+            raise RuntimeError(wrong_thread(action))
 
     def _check_open(self) -> None:
         if self._state != _OPEN:
@@ -531,9 +541,12 @@ class EventBus:
             next event that follows a loss
         :param name: a name for its statistics
         :raises TypeError: for a filter value of the wrong type
-        :raises ValueError: for a size out of range, an empty filter collection or
-            an unknown policy
+        :raises ValueError: for a size out of range, an empty filter collection,
+            an unknown kind string or an unknown policy
+        :raises RuntimeError: if called from a thread (or event loop) other than
+            the bus's (subscribe on the bus's loop; other threads may emit)
         """
+        self._check_loop("subscribe()")
         flt: EventFilter = make_filter(
             run_id=run_id, lane_id=lane_id, kinds=kinds, visibility=visibility
         )
@@ -617,7 +630,10 @@ class EventBus:
         defaults as :meth:`subscribe`), with a seq above *since_seq* and an offset
         above *after*, in offset order. Takes time proportional to what it returns
         when scoped to runs. Call it on the event loop thread.
+
+        :raises RuntimeError: if called from another thread (or event loop)
         """
+        self._check_loop("replay()")
         flt = make_filter(
             run_id=run_id, lane_id=lane_id, kinds=kinds, visibility=visibility
         )

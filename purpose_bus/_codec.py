@@ -58,6 +58,8 @@ import attrs
 
 from ._events import Event, event_class
 from ._exceptions import DecodeError
+from ._frozen import EMPTY, FrozenDict
+from ._hidden import normal_key
 
 __all__ = ["DEFAULT_MAX_SIZE", "MAX_DEPTH", "decode", "encode"]
 
@@ -70,6 +72,8 @@ DEFAULT_MAX_SIZE = 1 << 20
 MAX_DEPTH = 256
 
 _Convert = Callable[[Any], Any]
+#: ``freeze(value, depth, keys)``: see :attr:`_Converter.freeze`.
+_Freeze = Callable[[Any, int, set[str]], Any]
 _MISSING: Any = object()
 _NONE_TYPE = type(None)
 _SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence)
@@ -135,6 +139,17 @@ class _Converter:
     encode: _Convert
     #: JSON value -> Python value; raises _Invalid.
     decode: _Convert
+    #: Python value -> the value an event holds: checked as :attr:`encode`
+    #: checks it, every mapping made a :class:`FrozenDict` and every list a
+    #: tuple; raises _Invalid. *depth* is the number of arrays and objects
+    #: around the value; the normal forms of the mapping keys met are added to
+    #: *keys* (for the hidden-reasoning guard).
+    freeze: _Freeze
+    #: The types of the values that :attr:`freeze` leaves as JSON writes them
+    #: (encode passes such values of an event on as they are).
+    written_as_is: frozenset[type] = frozenset()
+    #: A type whose instances :attr:`freeze` returns as they are (an enum).
+    exact: type | None = None
 
 
 def _finite(value: float) -> float:
@@ -209,7 +224,108 @@ def _identity(value: Any) -> Any:
     return value  # parsed JSON is JSON already
 
 
-_ANY = _Converter("any JSON value", _to_json, _identity)
+#: The largest magnitude of an int JSON carries here: Python's own limit on
+#: converting an int to and from decimal text (4,300 digits).
+_INT_LIMIT = 10 ** (sys.int_info.default_max_str_digits or 4300)
+
+
+class _TooDeep(_Invalid):
+    """A value nested deeper than :data:`MAX_DEPTH`: said of the whole field
+    (a path hundreds of levels long would say nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"is nested too deeply (more than {MAX_DEPTH} levels of arrays and "
+            "objects) or holds itself",
+            error=ValueError,
+        )
+
+    def describe(self, field: str, describe_value: Callable[[Any], str]) -> str:
+        return f"field {field} {self.problem}"
+
+
+def _too_deep_here() -> _Invalid:
+    return _TooDeep()
+
+
+def _freeze_items(
+    value: Mapping[Any, Any], depth: int, keys: set[str], freeze: _Freeze
+) -> FrozenDict:
+    """*value* as a :class:`FrozenDict` of its items frozen by *freeze*, at
+    *depth* (its own level)."""
+    if depth > MAX_DEPTH:
+        raise _too_deep_here()
+    if not value:
+        return EMPTY
+    own: set[str] = set()
+    items = {}
+    for key, item in value.items():
+        if type(key) is not str:
+            _check_key(key)
+            key = str.__str__(key)  # a str subclass: a plain str
+        own.add(normal_key(key))
+        try:
+            items[key] = freeze(item, depth, own)
+        except _TooDeep:
+            raise
+        except _Invalid as exc:
+            exc.path.append(f"[{key!r}]")
+            raise
+    keys |= own
+    return FrozenDict._make(items, frozenset(own))
+
+
+def _freeze_items_of(
+    value: Any, depth: int, keys: set[str], freeze: _Freeze
+) -> tuple[Any, ...]:
+    """*value*, a list or tuple, as a tuple of its items frozen by *freeze*."""
+    if depth > MAX_DEPTH:
+        raise _too_deep_here()
+    items = []
+    for index, item in enumerate(value):
+        try:
+            items.append(freeze(item, depth, keys))
+        except _TooDeep:
+            raise
+        except _Invalid as exc:
+            exc.path.append(f"[{index}]")
+            raise
+    return tuple(items)
+
+
+def _freeze_json(value: Any, depth: int, keys: set[str]) -> Any:
+    """*value*, any JSON value, frozen (see :attr:`_Converter.freeze`)."""
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
+        return value
+    if kind is int:
+        if -_INT_LIMIT < value < _INT_LIMIT:
+            return value
+        raise _Invalid("int too large for JSON", value, ValueError)
+    if kind is float:
+        return _finite(value)
+    if kind is FrozenDict and depth == 0:
+        keys |= value._keys  # made by this walk before: frozen and checked
+        return value
+    if isinstance(value, Mapping):
+        return _freeze_items(value, depth + 1, keys, _freeze_json)
+    if isinstance(value, (list, tuple)):
+        return _freeze_items_of(value, depth + 1, keys, _freeze_json)
+    if isinstance(value, str):
+        return str.__str__(value)  # subclasses of JSON scalars: plain scalars
+    if isinstance(value, int):
+        return _freeze_json(int(value), depth, keys)
+    if isinstance(value, float):
+        return _finite(float(value))
+    raise _Invalid(f"{kind.__name__} is not JSON-compatible")
+
+
+#: The types of the values admission leaves in an ``Any`` field, which ``json``
+#: writes as they are (an event's containers are frozen and checked when it is
+#: made).
+_FROZEN_JSON = frozenset({FrozenDict, tuple, str, int, float, bool, _NONE_TYPE})
+
+_ANY = _Converter("any JSON value", _to_json, _identity, _freeze_json, _FROZEN_JSON)
 
 
 def _checked(expected: str, accepts: Callable[[Any], bool]) -> _Converter:
@@ -218,7 +334,19 @@ def _checked(expected: str, accepts: Callable[[Any], bool]) -> _Converter:
             return value
         raise _Invalid(f"expected {expected}", value)
 
-    return _Converter(expected, check, check)
+    def freeze(value: Any, depth: int, keys: set[str]) -> Any:
+        return check(value)
+
+    return _Converter(expected, check, check, freeze)
+
+
+def _scalar(convert: _Convert) -> _Freeze:
+    """The freeze of a scalar annotation: *convert* alone."""
+
+    def freeze(value: Any, depth: int, keys: set[str]) -> Any:
+        return convert(value)
+
+    return freeze
 
 
 def _is_int(value: Any) -> bool:
@@ -236,24 +364,38 @@ def _to_float(value: Any) -> float:
         raise _Invalid("expected float (out of range)", value, ValueError) from None
 
 
+#: The largest ``seq`` and ``offset``.
+MAX_COUNTER = 2**63 - 1
+
+
 def _to_counter(value: Any) -> int:
     if not _is_int(value):
         raise _Invalid("expected int", value)
     if value < 0:
         raise _Invalid("must not be negative", value, ValueError)
+    if value > MAX_COUNTER:
+        raise _Invalid("must be at most 2**63 - 1", value, ValueError)
+    return int(value)
+
+
+def _to_int(value: Any) -> int:
+    if not _is_int(value):
+        raise _Invalid("expected int", value)
+    if not -_INT_LIMIT < value < _INT_LIMIT:
+        raise _Invalid("int too large for JSON", value, ValueError)
     return int(value)
 
 
 _SCALARS: dict[Any, _Converter] = {
     str: _checked("str", lambda value: isinstance(value, str)),
-    int: _checked("int", _is_int),
+    int: _Converter("int", _to_int, _to_int, _scalar(_to_int)),
     bool: _checked("bool", lambda value: isinstance(value, bool)),
     _NONE_TYPE: _checked("None", lambda value: value is None),
     None: _checked("None", lambda value: value is None),
-    float: _Converter("float", _to_float, _to_float),
+    float: _Converter("float", _to_float, _to_float, _scalar(_to_float)),
 }
-#: ``seq`` and ``offset``: counters, never negative.
-_COUNTER = _Converter("int >= 0", _to_counter, _to_counter)
+#: ``seq`` and ``offset``: counters, ``0 <= n <= 2**63 - 1``.
+_COUNTER = _Converter("int >= 0", _to_counter, _to_counter, _scalar(_to_counter))
 
 
 def _enum(tp: type[enum.Enum]) -> _Converter:
@@ -271,7 +413,10 @@ def _enum(tp: type[enum.Enum]) -> _Converter:
     def to_json(value: Any) -> Any:
         return (value if isinstance(value, tp) else from_json(value)).value
 
-    return _Converter(expected, to_json, from_json)
+    def freeze(value: Any, depth: int, keys: set[str]) -> Any:
+        return value if type(value) is tp else from_json(to_json(value))
+
+    return _Converter(expected, to_json, from_json, freeze, exact=tp)
 
 
 def _literal(tp: Any) -> _Converter:
@@ -287,12 +432,12 @@ def _literal(tp: Any) -> _Converter:
     return _checked(expected, accepts)
 
 
-def _optional(convert: _Convert, expected: str) -> _Convert:
-    def run(value: Any) -> Any:
+def _optional(convert: Callable[..., Any], expected: str) -> Callable[..., Any]:
+    def run(value: Any, *context: Any) -> Any:
         if value is None:
             return None
         try:
-            return convert(value)
+            return convert(value, *context)
         except _Invalid as exc:
             if exc.path or exc.value is not value:
                 raise  # a problem inside the value: keep its own message
@@ -301,11 +446,11 @@ def _optional(convert: _Convert, expected: str) -> _Convert:
     return run
 
 
-def _first_of(converts: list[_Convert], expected: str) -> _Convert:
-    def run(value: Any) -> Any:
+def _first_of(converts: list[Callable[..., Any]], expected: str) -> Callable[..., Any]:
+    def run(value: Any, *context: Any) -> Any:
         for convert in converts:
             try:
-                return convert(value)
+                return convert(value, *context)
             except _Invalid:
                 pass
         raise _Invalid(f"expected {expected}", value)
@@ -323,10 +468,12 @@ def _union(tp: Any) -> _Converter:
             expected,
             _optional(inner.encode, expected),
             _optional(inner.decode, expected),
+            _optional(inner.freeze, expected),
         )
     encode = _first_of([member.encode for member in members], expected)
     decode = _first_of([member.decode for member in members], expected)
-    return _Converter(expected, encode, decode)
+    freeze = _first_of([member.freeze for member in members], expected)
+    return _Converter(expected, encode, decode, freeze)
 
 
 def _mapping(tp: Any) -> _Converter:
@@ -344,7 +491,16 @@ def _mapping(tp: Any) -> _Converter:
             raise _Invalid(f"expected {expected}", value)
         return value if values is _ANY else _convert_items(value, values.decode)
 
-    return _Converter(expected, to_json, from_json)
+    def freeze(value: Any, depth: int, keys: set[str]) -> FrozenDict:
+        if type(value) is FrozenDict and values is _ANY and depth == 0:
+            keys |= value._keys
+            return value
+        if not isinstance(value, Mapping):
+            raise _Invalid(f"expected {expected}", value)
+        return _freeze_items(value, depth + 1, keys, values.freeze)
+
+    as_is = frozenset({FrozenDict}) if values is _ANY else frozenset()
+    return _Converter(expected, to_json, from_json, freeze, as_is)
 
 
 def _sequence(tp: Any, container: type) -> _Converter:
@@ -366,7 +522,12 @@ def _sequence(tp: Any, container: type) -> _Converter:
             return value
         return build(_convert_sequence(value, items.decode))
 
-    return _Converter(expected, to_json, from_json)
+    def freeze(value: Any, depth: int, keys: set[str]) -> tuple[Any, ...]:
+        if not isinstance(value, (list, tuple)):
+            raise _Invalid(f"expected {expected}", value)
+        return _freeze_items_of(value, depth + 1, keys, items.freeze)
+
+    return _Converter(expected, to_json, from_json, freeze)
 
 
 def _type_name(tp: Any) -> str:
@@ -410,6 +571,8 @@ class _Field:
     #: An expression true when ``v`` is valid as it is both ways (then the
     #: fast paths skip the converter), or None.
     check: str | None = None
+    #: Whether ``__init__`` takes it (the codec writes and reads only those).
+    init: bool = True
 
 
 @attrs.frozen
@@ -465,30 +628,43 @@ _CHECKS: dict[Any, str] = {
 
 def _check_of(name: str, hint: Any) -> str | None:
     if name in ("seq", "offset"):
-        return "type(v) is int and v >= 0"
+        return f"type(v) is int and 0 <= v <= {MAX_COUNTER}"
     try:
         return _CHECKS.get(hint)
     except TypeError:  # unhashable
         return None
 
 
-def _make_plan(cls: type[Event]) -> _Plan:
-    hints = _field_hints(cls)
-    fields = tuple(
-        _Field(
-            name=a.name,
-            alias=a.alias or a.name,
-            required=a.default is attrs.NOTHING,
-            converter=(
-                _COUNTER
-                if a.name in ("seq", "offset")
-                else _converter(hints.get(a.name))
-            ),
-            check=_check_of(a.name, hints.get(a.name)),
+def field_converters(cls: type[Event]) -> tuple[_Field, ...]:
+    """Every attrs field of *cls* with its converter, in definition order
+    (those with ``init=False`` too: the codec leaves them out, admission checks
+    them); cached."""
+    fields = _fields.get(cls)
+    if fields is None:
+        hints = _field_hints(cls)
+        fields = _fields[cls] = tuple(
+            _Field(
+                name=a.name,
+                alias=a.alias or a.name,
+                required=a.default is attrs.NOTHING,
+                converter=(
+                    _COUNTER
+                    if a.name in ("seq", "offset")
+                    else _converter(hints.get(a.name))
+                ),
+                check=_check_of(a.name, hints.get(a.name)),
+                init=a.init,
+            )
+            for a in attrs.fields(cls)
         )
-        for a in attrs.fields(cls)
-        if a.init
-    )
+    return fields
+
+
+_fields: dict[type[Event], tuple[_Field, ...]] = {}
+
+
+def _make_plan(cls: type[Event]) -> _Plan:
+    fields = tuple(field for field in field_converters(cls) if field.init)
     encode_fast, decode_fast = _fast(cls, fields)
     return _Plan(
         kind=cls.kind,
@@ -511,7 +687,11 @@ def _fast(
     case (every field present and of its simplest type) and raises on anything
     else, after which the general path runs and gives the exact error. (The
     code is built from attrs field names and aliases, which are identifiers.)"""
-    namespace: dict[str, Any] = {"Slow": _Slow, "isfinite": math.isfinite, "cls": cls}
+    namespace: dict[str, Any] = {
+        "Slow": _Slow,
+        "isfinite": math.isfinite,
+        "cls": cls,
+    }
     encode = ["def encode_fast(event):"]
     decode = ["def decode_fast(data):", f"    if len(data) != {len(fields) + 1}:"]
     decode.append("        raise Slow")
@@ -521,7 +701,12 @@ def _fast(
         encode.append(f"    v = event.{field.name}")
         decode.append(f"    v = data[{field.name!r}]")
         if field.check is None:
-            encode.append(f"    f{i} = enc{i}(v)")
+            if field.converter.written_as_is:
+                # What an event holds is frozen JSON already: json writes it.
+                namespace[f"as_is{i}"] = field.converter.written_as_is
+                encode.append(f"    f{i} = v if type(v) in as_is{i} else enc{i}(v)")
+            else:
+                encode.append(f"    f{i} = enc{i}(v)")
             decode.append(f"    f{i} = dec{i}(v)")
         else:
             for lines in (encode, decode):

@@ -10,14 +10,19 @@ kind already taken raises :class:`TypeError` at once.
 from __future__ import annotations
 
 import enum
+import inspect
 import itertools
 import os
 import time
+import types
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 import attrs
+
+from ._frozen import EMPTY, FrozenDict
+from ._hidden import check_field_names
 
 __all__ = [
     "Event",
@@ -43,7 +48,7 @@ __all__ = [
 E = TypeVar("E", bound="Event")
 
 #: The payload every event gets when none is given: shared, empty, read-only.
-EMPTY_PAYLOAD: Mapping[str, Any] = MappingProxyType({})
+EMPTY_PAYLOAD: FrozenDict = EMPTY
 
 
 class Visibility(enum.IntEnum):
@@ -85,7 +90,14 @@ def registered_kinds() -> Mapping[str, type[Event]]:
     return MappingProxyType(_registry)
 
 
+def registered_class(kind: str) -> type[Event] | None:
+    """The event class registered for *kind*, or ``None``."""
+    return _registry.get(kind)
+
+
 def _register(cls: type[Event]) -> None:
+    check_field_names(cls, inspect.get_annotations(cls))
+    _chain_post_init(cls)
     kind = cls.__dict__.get("kind")
     if kind is None:
         return  # an abstract intermediate class: no kind of its own
@@ -125,7 +137,7 @@ class Event:
     lane_id: str = "main"
     #: Who may see it (see :class:`Visibility`).
     visibility: Visibility = Visibility.PUBLIC
-    #: Free-form JSON-compatible data.
+    #: Free-form JSON data, held read-only (a :class:`~purpose_bus.FrozenDict`).
     payload: Mapping[str, Any] = EMPTY_PAYLOAD
     #: A unique id of this event, generated.
     span_id: str = attrs.field(factory=new_span_id)
@@ -142,8 +154,50 @@ class Event:
         super().__init_subclass__(**kwargs)
         _register(cls)
 
+    def __attrs_post_init__(self) -> None:
+        """Admission (see :mod:`purpose_bus._admission`): check every field
+        against its annotation and freeze every container, in place.
 
-def _slot_setter(cls: type[Event], name: str) -> Callable[[Event, Any], None]:
+        :raises TypeError: for a field of the wrong type
+        :raises ValueError: for a value of the right type JSON cannot carry
+        """
+        admit = _admitters.get(type(self))
+        if admit is None:
+            from ._admission import admitter
+
+            admit = admitter(type(self))
+        admit(self)
+
+
+#: Filled by :func:`purpose_bus._admission.admitter` (the same dict).
+_admitters: dict[type[Event], Callable[[Event], None]] = {}
+
+
+def _chain_post_init(cls: type[Event]) -> None:
+    """A class that defines its own ``__attrs_post_init__`` still gets
+    admission first: its method is wrapped. (attrs rebuilds a slotted class, so
+    this runs twice: the second time the wrapper is made anew around the
+    user's function, whose ``__class__`` cell, which ``super()`` reads, is
+    pointed at the rebuilt class, as attrs does for the methods it sees.)"""
+    own = cls.__dict__.get("__attrs_post_init__")
+    if own is None:
+        return
+    own = getattr(own, "__wrapped__", own)
+    if isinstance(own, types.FunctionType) and own.__closure__:
+        for name, cell in zip(own.__code__.co_freevars, own.__closure__, strict=True):
+            if name == "__class__":
+                cell.cell_contents = cls
+
+    def __attrs_post_init__(self: Event) -> None:
+        Event.__attrs_post_init__(self)
+        own(self)
+
+    __attrs_post_init__.__wrapped__ = own  # type: ignore[attr-defined]
+    __attrs_post_init__.__doc__ = own.__doc__
+    cls.__attrs_post_init__ = __attrs_post_init__  # type: ignore[method-assign]
+
+
+def slot_setter(cls: type[Event], name: str) -> Callable[[Event, Any], None]:
     for klass in cls.__mro__:
         descriptor = klass.__dict__.get(name)
         if descriptor is not None and hasattr(descriptor, "__set__"):
@@ -158,7 +212,7 @@ def _copier(cls: type[Event]) -> Callable[[Event, int, int], Event]:
     namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
     lines = ["def stamp(event, seq, offset):", "    copy = new(cls)"]
     for index, name in enumerate(names):
-        namespace[f"set{index}"] = _slot_setter(cls, name)
+        namespace[f"set{index}"] = slot_setter(cls, name)
         value = name if name in ("seq", "offset") else f"event.{name}"
         lines.append(f"    set{index}(copy, {value})")
     lines.append("    return copy")

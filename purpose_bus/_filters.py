@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from ._events import Event, Visibility
+from ._events import Event, Visibility, registered_class
 
 __all__ = ["EventFilter", "KindsArg", "StrArg", "make_filter"]
 
@@ -35,6 +35,11 @@ def _strings(name: str, value: StrArg) -> frozenset[str] | None:
 
 def _kind_of(item: Any) -> str:
     if isinstance(item, str):
+        if registered_class(item) is None:
+            raise ValueError(
+                f"kinds: unknown kind {item!r}: no event class has it (the "
+                "registered kinds are the keys of purpose_bus.registered_kinds())"
+            )
         return item
     if isinstance(item, type) and issubclass(item, Event) and "kind" in item.__dict__:
         return item.kind
@@ -105,7 +110,8 @@ def make_filter(
     """Build an :class:`EventFilter` from the arguments users pass.
 
     :raises TypeError: for values of the wrong type
-    :raises ValueError: for an empty collection or an unknown visibility
+    :raises ValueError: for an empty collection, an unknown kind string or an
+        unknown visibility
     """
     if isinstance(visibility, bool) or not isinstance(visibility, int):
         raise TypeError(f"visibility must be a Visibility, not {visibility!r}")

@@ -1,17 +1,22 @@
 """Guards: callables that look at an event before it is accepted and may refuse it.
 
 A guard takes the event and returns ``None`` to let it pass, or a string: the
-reason to reject it.
+reason to reject it. Admission has already made every container of the event
+frozen JSON (see :mod:`purpose_bus._admission`), so a guard meets nothing it
+cannot search.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from ._codec import field_converters
 from ._events import Event
+from ._frozen import FrozenDict
+from ._hidden import DEFAULT_HIDDEN_KEYS, normal_key
 
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
@@ -23,92 +28,108 @@ __all__ = [
 #: A guard: returns ``None`` to accept the event, or the reason to reject it.
 Guard = Callable[[Event], "str | None"]
 
-#: Keys that carry a model's raw, hidden reasoning. Matched case-insensitively.
-DEFAULT_HIDDEN_KEYS: frozenset[str] = frozenset(
-    {
-        "chain_of_thought",
-        "chain-of-thought",
-        "chainofthought",
-        "hidden_reasoning",
-        "raw_reasoning",
-        "reasoning_trace",
-        "internal_reasoning",
-        "thinking",
-        "cot",
-    }
-)
 
-_SCALARS = (str, bytes, bytearray, memoryview, int, float, bool, type(None))
-_SCALAR_TYPES = frozenset(_SCALARS)
-
-
-def _find_key(value: Any, keys: frozenset[str]) -> str | None:
-    """The first of *keys* found in *value* at any depth (an explicit stack: no
-    recursion limit to hide behind; containers seen twice are skipped)."""
-    stack = [value]
-    seen: set[int] = set()
+def _hidden_in_tuple(value: tuple[Any, ...], keys: frozenset[str]) -> bool:
+    """Whether a mapping inside *value*, a frozen field value, holds one of
+    *keys*: a FrozenDict carries the normal forms of every key inside it, so
+    only tuples are walked."""
+    stack = list(value)
     while stack:
         item = stack.pop()
-        if isinstance(item, _SCALARS) or id(item) in seen:
-            continue
-        seen.add(id(item))
+        if type(item) is FrozenDict:
+            if not keys.isdisjoint(item._keys):
+                return True
+        elif type(item) is tuple:
+            stack.extend(item)
+    return False
+
+
+def _first_hidden(value: Any, keys: frozenset[str]) -> str | None:
+    """The first key of *value* (at any depth) whose normal form is in *keys*,
+    as it is spelled there (for the message); the slow path of a rejection."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
         if isinstance(item, Mapping):
             for key in item:
-                if isinstance(key, str) and key.casefold() in keys:
-                    return key
+                if normal_key(key) in keys:
+                    return str(key)
             stack.extend(item.values())
-        elif isinstance(item, Collection):
-            stack.extend(item)  # any sequence or set: list, deque, UserList ...
+        elif isinstance(item, tuple | list):
+            stack.extend(item)
     return None
 
 
 def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
-    """Return a guard that rejects events carrying any of *keys*, at any depth, in
-    the payload or in any other field that holds mappings or sequences (tool
-    arguments, tool results). Keys are matched case-insensitively.
+    """Return a guard that rejects events carrying any of *keys*: as a mapping
+    key at any depth of the payload or of any other field (tool arguments,
+    tool results), or as the name of a field of the event's class. Keys are
+    compared in normal form: NFKC-normalised, case-folded, with everything that
+    is not a letter or a digit removed (see :data:`DEFAULT_HIDDEN_KEYS`).
 
+    The check costs about a set lookup per field that holds a mapping: events
+    keep the normal forms of the keys inside them from when they were made.
     Reasoning should reach consumers only as a
     :class:`~purpose_bus.ReasoningSummary` event.
+
+    :raises ValueError: if *keys* is empty (or holds only keys without a
+        letter or digit)
     """
-    folded = frozenset(key.casefold() for key in keys)
-    if not folded:
+    if isinstance(keys, str):
+        raise TypeError("keys must be a collection of strings, not one string")
+    normal = frozenset(normal_key(key) for key in keys) - {""}
+    if not normal:
         raise ValueError("hidden_reasoning_guard needs at least one key")
     checks: dict[type[Event], Guard] = {}
 
     def guard(event: Event) -> str | None:
         check = checks.get(type(event))
         if check is None:
-            check = checks[type(event)] = _field_checker(type(event), folded)
+            check = checks[type(event)] = _field_checker(type(event), normal)
         return check(event)
 
     return guard
 
 
 def _field_checker(cls: type[Event], keys: frozenset[str]) -> Guard:
-    """Generate the guard's check for *cls*: each field read once, scalars and
-    empty containers skipped inline, the rest searched for *keys*. (The code is
-    built from attrs field names, which are identifiers.)"""
+    """Generate the guard's check for *cls*: a field whose name is one of
+    *keys* rejects every event; otherwise each field is read once, a
+    FrozenDict's key set tested against *keys*, a tuple walked, anything else
+    (a scalar) skipped; fields that admission keeps scalar are not read. (The
+    code is built from attrs field names, which are identifiers.)"""
+    for field in attrs.fields(cls):
+        if normal_key(field.name) in keys:
+            reason = (
+                f"{cls.__qualname__} has a field named {field.name!r}, a hidden-"
+                "reasoning key; publish a ReasoningSummary instead"
+            )
+            return lambda event: reason
     namespace: dict[str, Any] = {
-        "scalars": _SCALAR_TYPES,
-        "find": _find_key,
+        "FrozenDict": FrozenDict,
         "keys": keys,
+        "walk": _hidden_in_tuple,
         "reason": _reason,
     }
     lines = ["def check(event):"]
-    for field in attrs.fields(cls):
+    for field in field_converters(cls):
+        if field.check is not None or field.converter.exact is not None:
+            continue  # a scalar, by admission
         lines += [
-            f"    value = event.{field.name}",
-            "    if type(value) is not str and type(value) not in scalars and value:",
-            "        key = find(value, keys)",
-            "        if key is not None:",
-            f"            return reason(event, {field.name!r}, key)",
+            f"    v = event.{field.name}",
+            "    t = type(v)",
+            "    if t is FrozenDict:",
+            "        if not keys.isdisjoint(v._keys):",
+            f"            return reason(event, {field.name!r}, v, keys)",
+            "    elif t is tuple and v and walk(v, keys):",
+            f"        return reason(event, {field.name!r}, v, keys)",
         ]
     lines.append("    return None")
     exec("\n".join(lines), namespace)
     return namespace["check"]  # type: ignore[no-any-return]
 
 
-def _reason(event: Event, field: str, key: str) -> str:
+def _reason(event: Event, field: str, value: Any, keys: frozenset[str]) -> str:
+    key = _first_hidden(value, keys)
     return (
         f"{event.kind} event carries hidden reasoning ({field} key {key!r}); "
         "publish a ReasoningSummary instead"

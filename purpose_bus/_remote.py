@@ -14,7 +14,7 @@ import anyio
 from ._events import Event, EventsDropped
 from ._filters import EventFilter
 from ._sender import take_up_to
-from ._subscription import E_co, Subscription
+from ._subscription import E_co, Subscription, _get_ident, wrong_thread
 
 if TYPE_CHECKING:
     from ._bus import EventBus
@@ -113,6 +113,8 @@ class MergedReplay(Subscription[E_co]):
         super().close()
 
     def receive_nowait(self) -> E_co:
+        if _get_ident() != self._thread:
+            raise RuntimeError(wrong_thread("receiving"))
         if self._done:
             raise anyio.EndOfStream
         if self._backlog:

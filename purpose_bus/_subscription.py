@@ -4,6 +4,7 @@ events that match its filter."""
 from __future__ import annotations
 
 import sys
+import threading
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ from ._statistics import SubscriptionStatistics
 if TYPE_CHECKING:
     from ._bus import EventBus
 
-__all__ = ["YIELD_INTERVAL", "Subscription"]
+__all__ = ["YIELD_INTERVAL", "Subscription", "wrong_thread"]
 
 E_co = TypeVar("E_co", bound=Event, covariant=True)
 T = TypeVar("T")
@@ -55,6 +56,20 @@ def _cancellation_check() -> Callable[[], Awaitable[None]]:
 
 
 _checks: dict[type, Callable[[], Awaitable[None]]] = {}
+
+
+_get_ident = threading.get_ident
+
+
+def wrong_thread(action: str) -> str:
+    """The message of the :exc:`RuntimeError` for *action* done off the bus's
+    event loop thread."""
+    return (
+        f"{action} must be called on the event loop the bus runs on (the "
+        "thread that entered 'async with EventBus()'); from other threads, "
+        "emit with bus.emit() or bus.publish_from_thread(), and subscribe on "
+        "the bus's loop"
+    )
 
 
 def _check_max_items(max_items: int) -> None:
@@ -94,6 +109,7 @@ class Subscription(Generic[E_co]):
         "_replay",
         "_replay_gap",
         "_streak",
+        "_thread",
         "cursor",
         "replaying",
     )
@@ -119,6 +135,9 @@ class Subscription(Generic[E_co]):
         self._entered = False
         self._closed = False
         self._streak = 0
+        # The thread that may receive: the one that made it until it is
+        # entered (on the bus's loop, which it checks), then the loop's.
+        self._thread = _get_ident()
         self._cancelled_check: Callable[[], Awaitable[None]] = checkpoint_if_cancelled
         # Replay state: a cursor (the offset last read from history), the events
         # read ahead and the losses met while replaying.
@@ -155,17 +174,21 @@ class Subscription(Generic[E_co]):
         subscription (as a failed entry always does).
 
         :raises BusClosed: if the bus is not open (the subscription is closed)
-        :raises RuntimeError: if this subscription was entered or closed before
+        :raises RuntimeError: if this subscription was entered or closed before,
+            or if this is not the bus's event loop thread (the subscription is
+            closed)
         """
         if self._entered or self._closed:
             raise RuntimeError("a subscription can be entered only once")
         try:
+            self._bus._check_loop("entering a subscription")
             await checkpoint_if_cancelled()
             self._bus._register(self)
         except BaseException:
             self.close()
             raise
         self._entered = True
+        self._thread = _get_ident()
         self._cancelled_check = _cancellation_check()
         return self
 
@@ -217,7 +240,11 @@ class Subscription(Generic[E_co]):
         :raises anyio.EndOfStream: if the subscription has ended and its buffer
             is drained
         :raises anyio.ClosedResourceError: after :meth:`close`
+        :raises RuntimeError: if called from a thread (or event loop) other
+            than the bus's
         """
+        if _get_ident() != self._thread:
+            raise RuntimeError(wrong_thread("receiving"))
         if self.replaying:
             return self._take_replayed()  # type: ignore[return-value]
         return self._buffer.take()  # type: ignore[return-value]
@@ -239,6 +266,8 @@ class Subscription(Generic[E_co]):
             docstring) and its buffer is drained
         :raises anyio.ClosedResourceError: after :meth:`close`, also in a task
             that was waiting when another one closed it
+        :raises RuntimeError: if called from a thread (or event loop) other
+            than the bus's
         """
         try:
             return await self.__anext__()
@@ -287,6 +316,8 @@ class Subscription(Generic[E_co]):
             docstring) and its buffer is drained
         :raises anyio.ClosedResourceError: after :meth:`close`, also in a task
             that was waiting when another one closed it
+        :raises RuntimeError: if called from a thread (or event loop) other
+            than the bus's
         """
         _check_max_items(max_items)
         await self._ready()
@@ -400,6 +431,8 @@ class Subscription(Generic[E_co]):
         to the switch to live events, if it comes), live ones in one step."""
         if self.replaying:
             return take_up_to(self.receive_nowait, limit)
+        if _get_ident() != self._thread:
+            raise RuntimeError(wrong_thread("receiving"))
         return self._buffer.take_batch(limit)
 
     def _read_more(self) -> bool:

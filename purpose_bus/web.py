@@ -207,12 +207,19 @@ def _frame(event: Event) -> bytes:
     try:
         return format_event(event)
     except (TypeError, ValueError) as exc:
-        # Skip it, but move the browser's cursor past it: an id without data.
+        # Admission makes this unreachable for events made the ordinary way;
+        # if it happens anyway, the client is told, never left to guess: a
+        # notice for the one event, then its id alone, which moves the
+        # browser's cursor past it.
         logger.warning("cannot stream event %d (%s): %s", event.offset, event.kind, exc)
-        return b": event %d could not be encoded\nid: %d\n\n" % (
-            event.offset,
-            event.offset,
+        notice = EventsDropped(
+            run_id=event.run_id,
+            lane_id=event.lane_id,
+            count=1,
+            first_offset=event.offset,
+            last_offset=event.offset,
         )
+        return format_event(notice) + b"id: %d\n\n" % event.offset
 
 
 class _BadQuery(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import anyio
+import attrs
 
 from purpose_bus import Event, MessageDelta, Subscription
 
@@ -43,3 +44,13 @@ async def cancelled_while_waiting(receive: Callable[[], Awaitable[object]]) -> b
             await anyio.wait_all_tasks_blocked()
             tg.cancel_scope.cancel()
     return not done
+
+
+def unchecked(event: Event, **fields: object) -> Event:
+    """A copy of *event* with *fields* set past admission (as only
+    ``object.__setattr__`` on a frozen event can): for testing what the codec
+    and the bus do with an event that was never checked."""
+    copy = attrs.evolve(event)
+    for name, value in fields.items():
+        object.__setattr__(copy, name, value)
+    return copy

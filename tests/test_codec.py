@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import attrs
 import pytest
+from helpers import unchecked
 from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import BUILTIN_EVENT_CLASSES, events, json_values, payloads
@@ -19,6 +20,7 @@ from purpose_bus import (
     DecodeError,
     Event,
     EventsDropped,
+    FrozenDict,
     Log,
     PurposeBusError,
     RunError,
@@ -30,6 +32,7 @@ from purpose_bus import (
     decode,
     encode,
     registered_kinds,
+    thaw,
 )
 
 
@@ -109,7 +112,9 @@ class TestRoundTrip:
     @given(payloads())
     def test_arbitrary_payload(self, payload: Mapping[str, Any]) -> None:
         event = Log(run_id="r", message="m", payload=payload)
-        assert decode(encode(event)).payload == payload
+        decoded = decode(encode(event))
+        assert decoded == event
+        assert thaw(decoded.payload) == thaw(payload)
 
     @given(json_values())
     def test_tool_result_holds_any_json_value(self, result: Any) -> None:
@@ -130,7 +135,8 @@ class TestRoundTrip:
             f.name: _codec._encode_field(plan.kind, f, getattr(event, f.name))
             for f in plan.fields
         }
-        assert plan.encode_fast(event) == general
+        fast = plan.encode_fast(event)
+        assert json.loads(json.dumps(fast)) == json.loads(json.dumps(general))
         data = json.loads(json.dumps(general))
         if change == "ts as int":
             data["ts"] = int(data["ts"])
@@ -158,18 +164,22 @@ class TestRoundTrip:
         event = RunStarted(run_id="r")
         assert decode(encode(event)) == event
 
-    def test_mappings_come_back_as_dicts(self) -> None:
+    def test_mappings_come_back_frozen(self) -> None:
         inner = MappingProxyType({"b": MappingProxyType({"c": 1})})
         event = Log(run_id="r", message="m", payload=MappingProxyType({"a": inner}))
         payload = decode(encode(event)).payload
-        assert type(payload) is dict
-        assert type(payload["a"]) is dict
-        assert type(payload["a"]["b"]) is dict
+        assert type(payload) is FrozenDict
+        assert type(payload["a"]) is FrozenDict
+        assert type(payload["a"]["b"]) is FrozenDict
         assert payload == {"a": {"b": {"c": 1}}}
+        thawed = thaw(payload)
+        assert type(thawed) is dict
+        assert type(thawed["a"]["b"]) is dict
 
-    def test_tuples_come_back_as_lists(self) -> None:
+    def test_lists_come_back_as_tuples(self) -> None:
         event = Log(run_id="r", message="m", payload={"t": (1, (2, 3)), "l": [4]})
-        assert decode(encode(event)).payload == {"t": [1, [2, 3]], "l": [4]}
+        assert decode(encode(event)).payload == {"t": (1, (2, 3)), "l": (4,)}
+        assert thaw(decode(encode(event)).payload) == {"t": [1, [2, 3]], "l": [4]}
 
     def test_tuple_field_comes_back_as_tuple(self) -> None:
         event = Deployed(run_id="r", service="s", tags=("a", "b"))
@@ -237,7 +247,7 @@ class TestRoundTrip:
         event = WithLocal(run_id="r", count=3)
         assert decode(encode(event)) == event
         data = json.loads(encode(event))
-        assert decode(json.dumps({**data, "thing": [1]})).thing == [1]  # type: ignore[attr-defined]
+        assert decode(json.dumps({**data, "thing": [1]})).thing == (1,)  # type: ignore[attr-defined]
         # the other fields are still checked
         assert "run_id" in _decode_error(json.dumps({**data, "run_id": 1}))
 
@@ -507,6 +517,10 @@ class TestDecodeFuzz:
 
 
 class TestEncodeErrors:
+    """Admission and encode apply the same rules (the codec's converters): an
+    event with a bad field cannot be made, and encode refuses one that got past
+    admission (only ``object.__setattr__`` can do that) with the same words."""
+
     @pytest.mark.parametrize(
         ("payload", "error", "message"),
         [
@@ -529,44 +543,102 @@ class TestEncodeErrors:
         self, payload: dict[Any, Any], error: type[Exception], message: str
     ) -> None:
         with pytest.raises(error) as info:
-            encode(Log(run_id="r", message="m", payload=payload))
+            Log(run_id="r", message="m", payload=payload)
+        assert message in str(info.value)
+        assert "cannot make a 'log' event (Log)" in str(info.value)
+        with pytest.raises(error) as info:
+            encode(unchecked(Log(run_id="r", message="m"), payload=payload))
         assert message in str(info.value)
         assert "cannot encode 'log' event" in str(info.value)
 
     def test_other_fields_not_json_compatible(self) -> None:
         with pytest.raises(TypeError, match=r"field arguments\['a'\]: set"):
-            encode(ToolCall(run_id="r", name="t", arguments={"a": set()}))
+            ToolCall(run_id="r", name="t", arguments={"a": set()})
         with pytest.raises(TypeError, match="field result: frozenset"):
-            encode(ToolResult(run_id="r", name="t", result=frozenset()))
+            ToolResult(run_id="r", name="t", result=frozenset())
+        event = ToolResult(run_id="r", name="t")
+        with pytest.raises(TypeError, match="field result: frozenset"):
+            encode(unchecked(event, result=frozenset()))
 
     def test_huge_integer(self) -> None:
+        with pytest.raises(ValueError, match="int too large"):
+            Log(run_id="r", message="m", payload={"x": 10**5000})
+        event = unchecked(Log(run_id="r", message="m"), payload={"x": 10**5000})
         with pytest.raises(ValueError, match="cannot encode 'log' event"):
-            encode(Log(run_id="r", message="m", payload={"x": 10**5000}))
+            encode(event)
 
     def test_circular_payload(self) -> None:
         payload: dict[str, Any] = {}
         payload["self"] = payload
+        with pytest.raises(ValueError, match=r"payload.* nested too deeply"):
+            Log(run_id="r", message="m", payload=payload)
+        event = unchecked(Log(run_id="r", message="m"), payload=payload)
         with pytest.raises(ValueError, match="payload is nested too deeply"):
-            encode(Log(run_id="r", message="m", payload=payload))
+            encode(event)
 
     @pytest.mark.parametrize(
-        ("event", "error", "message"),
+        ("event", "fields", "error", "message"),
         [
-            (RunError(run_id="r", error=5), TypeError, "field error: expected str"),  # type: ignore[arg-type]
-            (Log(run_id=None, message="m"), TypeError, "field run_id: expected str"),  # type: ignore[arg-type]
-            (Log(run_id="r", message="m", visibility=7), TypeError, "visibility"),  # type: ignore[arg-type]
-            (Log(run_id="r", message="m", ts=math.nan), ValueError, "field ts: nan"),
-            (Log(run_id="r", message="m", seq=-1), ValueError, "seq: must not be"),
-            (Log(run_id="r", message="m", offset=True), TypeError, "offset: expected"),
-            (Log(run_id="r", message="m", payload=[]), TypeError, "payload: expected"),  # type: ignore[arg-type]
-            (Deployed(run_id="r", service="s", tags=[1]), TypeError, r"tags[0]"),  # type: ignore[arg-type]
+            (
+                RunError(run_id="r", error="e"),
+                {"error": 5},
+                TypeError,
+                "field error: expected str",
+            ),
+            (
+                Log(run_id="r", message="m"),
+                {"run_id": None},
+                TypeError,
+                "field run_id: expected str",
+            ),
+            (Log(run_id="r", message="m"), {"visibility": 7}, TypeError, "visibility"),
+            (
+                Log(run_id="r", message="m"),
+                {"visibility": "PUBLIC"},
+                TypeError,
+                "visibility",
+            ),
+            (
+                Log(run_id="r", message="m"),
+                {"ts": math.nan},
+                ValueError,
+                "field ts: nan",
+            ),
+            (Log(run_id="r", message="m"), {"seq": -1}, ValueError, "seq: must not be"),
+            (
+                Log(run_id="r", message="m"),
+                {"seq": 2**63},
+                ValueError,
+                "seq: must be at most",
+            ),
+            (
+                Log(run_id="r", message="m"),
+                {"offset": True},
+                TypeError,
+                "offset: expected",
+            ),
+            (
+                Log(run_id="r", message="m"),
+                {"payload": []},
+                TypeError,
+                "payload: expected",
+            ),
+            (Deployed(run_id="r", service="s"), {"tags": [1]}, TypeError, r"tags[0]"),
         ],
     )
     def test_field_of_the_wrong_type(
-        self, event: Event, error: type[Exception], message: str
+        self,
+        event: Event,
+        fields: dict[str, Any],
+        error: type[Exception],
+        message: str,
     ) -> None:
         with pytest.raises(error) as info:
-            encode(event)
+            attrs.evolve(event, **fields)
+        assert message in str(info.value)
+        assert f"cannot make a {event.kind!r} event" in str(info.value)
+        with pytest.raises(error) as info:
+            encode(unchecked(event, **fields))
         assert message in str(info.value)
 
     def test_raw_visibility_value_is_accepted(self) -> None:

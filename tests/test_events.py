@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -19,6 +18,7 @@ import purpose_bus
 from purpose_bus import (
     Event,
     EventsDropped,
+    FrozenDict,
     LaneFinished,
     LaneStarted,
     Log,
@@ -91,7 +91,7 @@ class TestEvent:
 
     def test_default_payload_is_read_only(self) -> None:
         payload = Event(run_id="r").payload
-        assert isinstance(payload, MappingProxyType)
+        assert isinstance(payload, FrozenDict)
         with pytest.raises(TypeError):
             payload["x"] = 1  # type: ignore[index]
         assert Event(run_id="s").payload == {}
@@ -297,7 +297,8 @@ class TestStamped:
         payload: Mapping[str, Any] = {"a": [1]}
         event = ToolCall(run_id="r", name="t", payload=payload, arguments={"q": 1})
         copy = stamped(event, 2, 7)
-        assert copy.payload is payload
+        assert copy.payload is event.payload  # frozen when made: shared
+        assert copy.payload == {"a": (1,)}
         assert copy.name == "t"
         assert copy.arguments == {"q": 1}
         assert copy.span_id == event.span_id

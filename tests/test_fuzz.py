@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from helpers import unchecked
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from strategies import events, json_values
@@ -324,7 +325,11 @@ class TestNesting:
                         else ([value] if opening == "[" else {"a": value})
                     )
                 with pytest.raises(ValueError, match="field arguments is nested too"):
-                    encode(ToolCall(run_id="r", name="t", arguments={"a": value}))
+                    ToolCall(run_id="r", name="t", arguments={"a": value})
+                event = unchecked(ToolCall(run_id="r", name="t"), arguments={"a": 1})
+                event = unchecked(event, arguments={"a": value})
+                with pytest.raises(ValueError, match="field arguments is nested too"):
+                    encode(event)
 
     @fuzz
     @given(st.integers(1, MAX_DEPTH + 3), st.integers(0, 400), st.integers(0, 400))
@@ -336,10 +341,13 @@ class TestNesting:
         value: Any = []
         for level in range(depth - 1, 0, -1):
             value = [value, *([[]] * width)] if level == min(at, depth - 1) else [value]
-        event = ToolCall(run_id="r", name="t", arguments={"a": value})
         if depth + 1 <= MAX_DEPTH:  # arguments itself is a level
+            event = ToolCall(run_id="r", name="t", arguments={"a": value})
             assert decode(encode(event)) == event
         else:
+            with pytest.raises(ValueError, match="nested too deeply"):
+                ToolCall(run_id="r", name="t", arguments={"a": value})
+            event = unchecked(ToolCall(run_id="r", name="t"), arguments={"a": value})
             with pytest.raises(ValueError, match="nested too deeply"):
                 encode(event)
             data = json.dumps(

@@ -416,16 +416,25 @@ class TestHiddenReasoning:
     )
     async def test_inside_any_sequence(self, container: Any) -> None:
         """DESIGN.md: the guard looks into "any other field holding mappings or
-        sequences". A mapping of any type is looked into; so must be a
-        sequence of any type, not only a list or a tuple."""
-        cases = [
-            ToolResult(run_id="r", name="t", result=container([{"cot": SECRET}])),
-            MessageDelta(
-                run_id="r",
-                text="",
-                payload={"steps": container([{"Thinking": SECRET}])},
-            ),
-        ]
+        sequences". A mapping of any type is looked into; a list or a tuple
+        becomes a tuple, which is looked into; any other sequence is refused
+        when the event is made (JSON cannot carry it), so nothing leaks."""
+
+        def make() -> list[Event]:
+            return [
+                ToolResult(run_id="r", name="t", result=container([{"cot": SECRET}])),
+                MessageDelta(
+                    run_id="r",
+                    text="",
+                    payload={"steps": container([{"Thinking": SECRET}])},
+                ),
+            ]
+
+        if container not in (list, tuple):
+            with pytest.raises(TypeError, match="is not JSON-compatible"):
+                make()
+            return
+        cases = make()
         async with (
             EventBus() as bus,
             bus.subscribe(visibility=Visibility.PRIVATE) as sub,

@@ -24,6 +24,7 @@ import anyio
 import attrs
 import httpx
 import pytest
+from helpers import unchecked
 from hypercorn.config import Config
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -500,14 +501,23 @@ class TestEvents:
             assert exchange.headers["content-type"].startswith("text/event-stream")
             assert web_subscriptions(bus) == []
 
-    async def test_an_event_that_cannot_be_encoded_is_skipped(
+    async def test_an_event_that_cannot_be_encoded_is_announced(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
+        """Admission keeps such events out of the bus; one that got past it
+        (only ``object.__setattr__`` on a frozen event can do that) is
+        announced to the client as a dropped event, and its id moves the
+        cursor past it: never silence."""
+        event = unchecked(Log(run_id="r1", message="x"), payload={"s": {1}})
         async with EventBus() as bus, request(create_app(bus)) as stream:
             await stream.next()
-            bad = await bus.publish(Log(run_id="r1", message="x", payload={"s": {1}}))
+            bad = await bus.publish(event)
             good = await bus.publish(Log(run_id="r1", message="y"))
             assert bad is not None and good is not None
+            notice = (await stream.next()).decoded()
+            assert isinstance(notice, EventsDropped)
+            assert (notice.count, notice.first_offset) == (1, bad.offset)
+            assert (notice.last_offset, notice.run_id) == (bad.offset, "r1")
             skipped = await stream.next()
             assert (skipped.id, skipped.data) == (str(bad.offset), None)
             assert (await stream.next()).decoded() == good

@@ -1,0 +1,147 @@
+"""Admission: what makes an event one the bus can accept.
+
+One rule, checked once, when the event is made (``__init__``, which
+:func:`attrs.evolve` and :func:`purpose_bus.decode` run too): every field holds
+a value of the type its annotation says, by the rules :func:`purpose_bus.encode`
+applies (the codec's converters are the one source of those rules), and every
+container is frozen: mappings become :class:`~purpose_bus.FrozenDict`, lists and
+tuples become tuples, all the way down, copied from what the producer passed.
+So an event that exists can be encoded, cannot change afterwards, and shares
+nothing with its producer; the normal forms of every mapping key inside it are
+known, for the hidden-reasoning guard.
+
+What is left for the bus to check when an event is emitted (see
+:func:`check_emittable`) is its class: one with a registered kind of its own.
+Event classes whose field names are hidden-reasoning keys are refused when they
+are defined (see :func:`purpose_bus._hidden.check_field_names`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import _codec
+from ._events import Event, _admitters, registered_class, slot_setter
+from ._frozen import FrozenDict
+
+__all__ = ["admitter", "check_emittable", "freeze_mapping"]
+
+
+def _refusal(cls: type[Event], name: str, exc: _codec._Invalid) -> Exception:
+    kind = cls.__dict__.get("kind", getattr(cls, "kind", "?"))
+    message = exc.describe(name, _codec._describe_python)
+    return exc.error(f"cannot make a {kind!r} event ({cls.__qualname__}): {message}")
+
+
+def _fixer(cls: type[Event], field: Any) -> Callable[[Any], Any]:
+    """The slow path of one field: check and freeze *value* or raise the
+    field's error (TypeError or ValueError) naming the kind and the field."""
+    freeze = field.converter.freeze
+    name = field.name
+
+    def fix(value: Any) -> Any:
+        try:
+            return freeze(value, 0, set())
+        except _codec._Invalid as exc:
+            raise _refusal(cls, name, exc) from None
+        except RecursionError:
+            raise ValueError(
+                f"cannot make a {cls.kind!r} event ({cls.__qualname__}): field "
+                f"{name} is nested too deeply or holds itself"
+            ) from None
+
+    return fix
+
+
+def _pass_check(field: Any, index: int, namespace: dict[str, Any]) -> str:
+    """An expression true when ``v``, the field's value, is admitted as it is
+    (the common case, inline); anything else goes through the field's fixer."""
+    if field.check is not None:
+        check: str = field.check
+        if check == "type(v) is int":
+            return "type(v) is int and -limit < v < limit"
+        return check
+    if field.converter is _codec._ANY:
+        return "type(v) in as_is_any"
+    if FrozenDict in field.converter.written_as_is:
+        return "type(v) is FrozenDict"
+    if field.converter.exact is not None:
+        namespace[f"exact{index}"] = field.converter.exact
+        return f"type(v) is exact{index}"
+    return "False"
+
+
+def _make_admitter(cls: type[Event]) -> Callable[[Event], None]:
+    """Generate *cls*'s admission: each field read once, checked inline in the
+    common case, and checked, frozen and set through its fixer otherwise. (The
+    code is built from attrs field names, which are identifiers.)"""
+    namespace: dict[str, Any] = {
+        "FrozenDict": FrozenDict,
+        "as_is_any": frozenset({str, bool, type(None), FrozenDict}),
+        "isfinite": math.isfinite,
+        "limit": _codec._INT_LIMIT,
+    }
+    lines = ["def admit(event):"]
+    for index, field in enumerate(_codec.field_converters(cls)):
+        namespace[f"fix{index}"] = _fixer(cls, field)
+        namespace[f"set{index}"] = slot_setter(cls, field.name)
+        lines += [
+            f"    v = event.{field.name}",
+            f"    if not ({_pass_check(field, index, namespace)}):",
+            f"        set{index}(event, fix{index}(v))",
+        ]
+    if len(lines) == 1:
+        lines.append("    pass")
+    exec("\n".join(lines), namespace)
+    return namespace["admit"]  # type: ignore[no-any-return]
+
+
+def admitter(cls: type[Event]) -> Callable[[Event], None]:
+    """*cls*'s admission function (made on first use, then cached): it checks
+    and freezes an instance's fields in place, during ``__init__``.
+
+    :raises TypeError: for a field of the wrong type (or a non-string key)
+    :raises ValueError: for a value of the right type JSON cannot carry (NaN,
+        infinity, an int too large, nesting deeper than ``MAX_DEPTH``)
+    """
+    admit = _admitters.get(cls)
+    if admit is None:
+        admit = _admitters[cls] = _make_admitter(cls)
+    return admit
+
+
+def freeze_mapping(mapping: Mapping[Any, Any]) -> FrozenDict:
+    """*mapping* checked and frozen as a ``Mapping[str, Any]`` field would be.
+
+    :raises TypeError: for a non-string key or a value JSON cannot carry
+    :raises ValueError: for NaN, infinity, an int too large, or nesting too deep
+    """
+    try:
+        frozen = _codec._freeze_json(mapping, 0, set())
+    except _codec._Invalid as exc:
+        raise exc.error(exc.describe("mapping", _codec._describe_python)) from None
+    if type(frozen) is not FrozenDict:
+        raise TypeError(f"expected a mapping, got {type(mapping).__name__}")
+    return frozen
+
+
+_emittable: set[type[Event]] = set()
+
+
+def check_emittable(cls: type[Event]) -> None:
+    """Refuse an event class that has no registered kind of its own (an
+    abstract base, or a subclass that did not set ``kind``).
+
+    :raises TypeError: naming the class
+    """
+    if cls in _emittable:
+        return
+    kind = cls.__dict__.get("kind")
+    if not isinstance(kind, str) or registered_class(kind) is not cls:
+        raise TypeError(
+            f"{cls.__qualname__} cannot be emitted: it has no registered kind of "
+            "its own (give the class a unique 'kind')"
+        )
+    _emittable.add(cls)
