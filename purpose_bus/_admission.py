@@ -23,8 +23,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _codec
-from ._events import Event, _admitters, registered_class, slot_setter
+from ._events import (
+    Event,
+    _admitters,
+    admits_when_made,
+    registered_class,
+    slot_setter,
+)
 from ._frozen import FrozenDict
+from ._hidden import check_field_names
 
 __all__ = ["admitter", "check_emittable", "freeze_mapping"]
 
@@ -83,8 +90,10 @@ def _make_admitter(cls: type[Event]) -> Callable[[Event], None]:
         "isfinite": math.isfinite,
         "limit": _codec._INT_LIMIT,
     }
+    fields = _codec.field_converters(cls)
+    check_field_names(cls, [field.name for field in fields])
     lines = ["def admit(event):"]
-    for index, field in enumerate(_codec.field_converters(cls)):
+    for index, field in enumerate(fields):
         namespace[f"fix{index}"] = _fixer(cls, field)
         namespace[f"set{index}"] = slot_setter(cls, field.name)
         lines += [
@@ -127,21 +136,33 @@ def freeze_mapping(mapping: Mapping[Any, Any]) -> FrozenDict:
     return frozen
 
 
-_emittable: set[type[Event]] = set()
+#: The classes found emittable, with the ``__attrs_post_init__`` they had then
+#: (a class changed afterwards is looked at again).
+_emittable: dict[type[Event], object] = {}
 
 
 def check_emittable(cls: type[Event]) -> None:
     """Refuse an event class that has no registered kind of its own (an
-    abstract base, or a subclass that did not set ``kind``).
+    abstract base, or a subclass that did not set ``kind``), or whose
+    construction does not run admission (its own ``__init__``, or an
+    ``__attrs_post_init__`` set after the class was made).
 
     :raises TypeError: naming the class
     """
-    if cls in _emittable:
-        return
     kind = cls.__dict__.get("kind")
-    if not isinstance(kind, str) or registered_class(kind) is not cls:
+    post_init = getattr(cls, "__attrs_post_init__", None)
+    registered = registered_class(kind) if isinstance(kind, str) else None
+    if registered is cls and _emittable.get(cls) is post_init:
+        return
+    if registered is not cls:
         raise TypeError(
             f"{cls.__qualname__} cannot be emitted: it has no registered kind of "
             "its own (give the class a unique 'kind')"
         )
-    _emittable.add(cls)
+    if not admits_when_made(cls):
+        raise TypeError(
+            f"{cls.__qualname__} cannot be emitted: making one does not run "
+            "admission (an __init__ of its own, or an __attrs_post_init__ "
+            "replaced after the class was defined)"
+        )
+    _emittable[cls] = post_init

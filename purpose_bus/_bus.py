@@ -170,7 +170,11 @@ class EventBus:
 
         A checkpoint. Cancellation is deferred until the bus is closed (the close
         is shielded).
+
+        :raises RuntimeError: if called from a thread (or event loop) other than
+            the bus's
         """
+        self._check_loop("aclose()")
         if self._state != _OPEN:
             await checkpoint()
             return
@@ -232,7 +236,10 @@ class EventBus:
         :raises BusClosed: if the bus is not open, also if it closes while this
             call waits for room
         :raises EventRejected: if a ``strict`` bus refuses the event
+        :raises RuntimeError: if called from a thread (or event loop) other
+            than the bus's: use :meth:`publish_from_thread` or :meth:`emit`
         """
+        self._check_loop("publish()")
         self._check(event)
         self._publish_streak += 1
         if self._publish_streak < PUBLISH_YIELD_INTERVAL:

@@ -355,7 +355,7 @@ def _is_int(value: Any) -> bool:
 
 def _to_float(value: Any) -> float:
     if isinstance(value, float):
-        return _finite(value)
+        return _finite(float(value))
     if not _is_int(value):
         raise _Invalid("expected float", value)
     try:
@@ -386,8 +386,14 @@ def _to_int(value: Any) -> int:
     return int(value)
 
 
+def _to_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("expected str", value)
+    return str.__str__(value)  # a subclass: the plain str it holds
+
+
 _SCALARS: dict[Any, _Converter] = {
-    str: _checked("str", lambda value: isinstance(value, str)),
+    str: _Converter("str", _to_str, _to_str, _scalar(_to_str)),
     int: _Converter("int", _to_int, _to_int, _scalar(_to_int)),
     bool: _checked("bool", lambda value: isinstance(value, bool)),
     _NONE_TYPE: _checked("None", lambda value: value is None),
@@ -398,8 +404,18 @@ _SCALARS: dict[Any, _Converter] = {
 _COUNTER = _Converter("int >= 0", _to_counter, _to_counter, _scalar(_to_counter))
 
 
+def _carried(value: Any) -> bool:
+    """Whether JSON carries *value*, a member's value, exactly."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return bool(-_INT_LIMIT < value < _INT_LIMIT)
+    return True
+
+
 def _enum(tp: type[enum.Enum]) -> _Converter:
-    members = {(type(m.value), m.value): m for m in tp}
+    # Members JSON cannot carry (NaN, infinities, huge ints) are refused.
+    members = {(type(m.value), m.value): m for m in tp if _carried(m.value)}
     if not all(isinstance(value, _JSON_SCALARS) for _, value in members):
         return _ANY  # members are not JSON scalars: _to_json refuses them
     expected = f"{tp.__name__} (one of {', '.join(_short(v) for _, v in members)})"
@@ -642,6 +658,15 @@ def field_converters(cls: type[Event]) -> tuple[_Field, ...]:
     fields = _fields.get(cls)
     if fields is None:
         hints = _field_hints(cls)
+        for a in attrs.fields(cls):
+            if a.name not in hints:  # no annotation: attrs.field(type=...), or any
+                hints[a.name] = Any if a.type is None else a.type
+        if cls is not Event:  # the envelope keeps its types, whatever a subclass says
+            hints.update(
+                (name, hint)
+                for name, hint in _field_hints(Event).items()
+                if name in hints
+            )
         fields = _fields[cls] = tuple(
             _Field(
                 name=a.name,

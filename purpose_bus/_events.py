@@ -15,6 +15,7 @@ import itertools
 import os
 import time
 import types
+import typing
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
@@ -95,8 +96,25 @@ def registered_class(kind: str) -> type[Event] | None:
     return _registry.get(kind)
 
 
+def _field_names(cls: type) -> list[str]:
+    """The names of *cls*'s own fields as far as they are known when the class
+    is made: its annotations (``ClassVar`` ones left out) and, once attrs has
+    built it, every attrs field (mixins' and ``these=`` too)."""
+    names = [
+        name
+        for name, annotation in inspect.get_annotations(cls).items()
+        if not (
+            typing.get_origin(annotation) is ClassVar
+            or annotation is ClassVar  # type: ignore[comparison-overlap]
+            or (isinstance(annotation, str) and "ClassVar" in annotation)
+        )
+    ]
+    names += [a.name for a in cls.__dict__.get("__attrs_attrs__", ())]
+    return names
+
+
 def _register(cls: type[Event]) -> None:
-    check_field_names(cls, inspect.get_annotations(cls))
+    check_field_names(cls, _field_names(cls))
     _chain_post_init(cls)
     kind = cls.__dict__.get("kind")
     if kind is None:
@@ -173,28 +191,58 @@ class Event:
 _admitters: dict[type[Event], Callable[[Event], None]] = {}
 
 
+def _admits(method: object) -> bool:
+    """Whether *method* (a class's ``__attrs_post_init__``) runs admission."""
+    return getattr(method, "_purpose_bus_admits", False) is True
+
+
 def _chain_post_init(cls: type[Event]) -> None:
-    """A class that defines its own ``__attrs_post_init__`` still gets
-    admission first: its method is wrapped. (attrs rebuilds a slotted class, so
-    this runs twice: the second time the wrapper is made anew around the
-    user's function, whose ``__class__`` cell, which ``super()`` reads, is
-    pointed at the rebuilt class, as attrs does for the methods it sees.)"""
-    own = cls.__dict__.get("__attrs_post_init__")
-    if own is None:
-        return
-    own = getattr(own, "__wrapped__", own)
-    if isinstance(own, types.FunctionType) and own.__closure__:
+    """Make sure constructing *cls* runs admission. A class that defines its
+    own ``__attrs_post_init__`` (or inherits one from a mixin that comes
+    before :class:`Event` in its MRO, or sets it to ``None``) gets a wrapper
+    that admits the event, runs that method, and admits again (the method
+    may have set derived fields). (attrs rebuilds a slotted class, so this
+    runs twice: the second time the wrapper is made anew around the user's
+    function, whose ``__class__`` cell, which ``super()`` reads, is pointed at
+    the rebuilt class, as attrs does for the methods it sees.)"""
+    found = getattr(cls, "__attrs_post_init__", None)
+    if _admits(found) and "__attrs_post_init__" not in cls.__dict__:
+        return  # Event's own, or a wrapper a parent already has
+    own = getattr(found, "__wrapped__", found)
+    mine = "__attrs_post_init__" in cls.__dict__  # not a mixin's, shared
+    if mine and isinstance(own, types.FunctionType) and own.__closure__:
         for name, cell in zip(own.__code__.co_freevars, own.__closure__, strict=True):
             if name == "__class__":
                 cell.cell_contents = cls
+    if own is None or own is _event_post_init:
+        cls.__attrs_post_init__ = _event_post_init  # type: ignore[method-assign]
+        return
 
     def __attrs_post_init__(self: Event) -> None:
-        Event.__attrs_post_init__(self)
+        _event_post_init(self)
         own(self)
+        _event_post_init(self)
 
+    __attrs_post_init__._purpose_bus_admits = True  # type: ignore[attr-defined]
     __attrs_post_init__.__wrapped__ = own  # type: ignore[attr-defined]
-    __attrs_post_init__.__doc__ = own.__doc__
+    __attrs_post_init__.__doc__ = getattr(own, "__doc__", None)
     cls.__attrs_post_init__ = __attrs_post_init__  # type: ignore[method-assign]
+
+
+_event_post_init = Event.__attrs_post_init__
+_event_post_init._purpose_bus_admits = True  # type: ignore[attr-defined]
+
+
+def admits_when_made(cls: type[Event]) -> bool:
+    """Whether making an instance of *cls* runs admission: its
+    ``__attrs_post_init__`` admits, and its ``__init__`` (attrs') calls it."""
+    init = getattr(cls, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return (
+        _admits(getattr(cls, "__attrs_post_init__", None))
+        and code is not None
+        and "__attrs_post_init__" in code.co_names
+    )
 
 
 def slot_setter(cls: type[Event], name: str) -> Callable[[Event, Any], None]:

@@ -41,8 +41,13 @@ def _kind_of(item: Any) -> str:
                 "registered kinds are the keys of purpose_bus.registered_kinds())"
             )
         return item
-    if isinstance(item, type) and issubclass(item, Event) and "kind" in item.__dict__:
-        return item.kind
+    if isinstance(item, type) and issubclass(item, Event):
+        if "kind" in item.__dict__:
+            return item.kind
+        raise TypeError(
+            f"kinds: {item.__qualname__} has no kind of its own (no event of it "
+            "can be emitted); name a class with a 'kind', or a kind string"
+        )
     raise TypeError(f"kinds must hold kind strings or event classes, not {item!r}")
 
 

@@ -35,26 +35,35 @@ DEFAULT_HIDDEN_KEYS: frozenset[str] = frozenset(
     }
 )
 
-#: Normal forms computed so far; cleared when it reaches this many entries, so
-#: hostile keys cost time, never memory.
+#: Normal forms computed so far, for keys up to ``_KEPT_LENGTH`` characters;
+#: cleared when it holds ``_KEPT`` of them, so hostile keys cost time, never
+#: memory.
 _KEPT = 65_536
+_KEPT_LENGTH = 128
 _normal: dict[str, str] = {}
+#: Letters by Unicode's reckoning that show nothing (the Hangul fillers): removed
+#: like the zero-width characters, which are not letters.
+_INVISIBLE = str.maketrans(dict.fromkeys(map(ord, "\u115f\u1160\u3164\uffa0")))
 
 
 def normal_key(key: str) -> str:
     """*key* as hidden-reasoning keys are compared: NFKC-normalised, case-folded
     (and normalised again), with every character that is not a letter or a digit
-    removed. ``"Chain Of Thought"``, ``chain.of.thought``, ``CHAIN-OF-THOUGHT``
-    and ``chain\\u200bof\\u200bthought`` all become ``"chainofthought"``;
-    full-width ``"\\uff23\\uff2f\\uff34"`` becomes ``"cot"``."""
+    (and the invisible Hangul fillers) removed. ``"Chain Of Thought"``,
+    ``chain.of.thought``, ``CHAIN-OF-THOUGHT`` and ``chain\\u200bof\\u200bthought``
+    all become ``"chainofthought"``; full-width ``"\\uff23\\uff2f\\uff34"``
+    becomes ``"cot"``."""
+    if type(key) is not str:
+        key = str.__str__(key)  # a subclass's own hash and eq are not trusted
     normal = _normal.get(key)
     if normal is None:
         folded = unicodedata.normalize("NFKC", key).casefold()
-        folded = unicodedata.normalize("NFKC", folded)
+        folded = unicodedata.normalize("NFKC", folded).translate(_INVISIBLE)
         normal = "".join(ch for ch in folded if ch.isalnum())
-        if len(_normal) >= _KEPT:
-            _normal.clear()
-        _normal[key] = normal
+        if len(key) <= _KEPT_LENGTH:
+            if len(_normal) >= _KEPT:
+                _normal.clear()
+            _normal[key] = normal
     return normal
 
 

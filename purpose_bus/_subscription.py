@@ -204,9 +204,15 @@ class Subscription(Generic[E_co]):
         """Unregister at once and discard what is still buffered (counted as
         dropped). Afterwards :meth:`receive` raises
         :exc:`anyio.ClosedResourceError`; a task waiting in :meth:`receive` is
-        woken and raises it. Idempotent; safe before entering."""
+        woken and raises it. Idempotent; safe before entering.
+
+        :raises RuntimeError: if the subscription was entered and this is not
+            the bus's event loop thread (nothing is changed)
+        """
         if self._closed:
             return
+        if self._entered and _get_ident() != self._thread:
+            raise RuntimeError(wrong_thread("close()"))
         self._closed = True
         if self._read_ahead:
             self._buffer.dropped += len(self._read_ahead)
@@ -280,12 +286,15 @@ class Subscription(Generic[E_co]):
     async def __anext__(self) -> E_co:
         # The logic of receive() lives here: one coroutine per event when iterating.
         streak = self._streak + 1
-        if streak < YIELD_INTERVAL:
-            self._streak = streak
-            await self._cancelled_check()
-        else:
-            self._streak = 0
-            await checkpoint()
+        try:
+            if streak < YIELD_INTERVAL:
+                self._streak = streak
+                await self._cancelled_check()
+            else:
+                self._streak = 0
+                await checkpoint()
+        except RuntimeError as exc:  # trio's own, from a foreign thread
+            raise self._foreign(exc) from exc
         try:
             try:
                 return self.receive_nowait()
@@ -352,11 +361,14 @@ class Subscription(Generic[E_co]):
         or, once :data:`YIELD_INTERVAL` events went out since the last yield,
         the yield. (:meth:`__anext__` has its own inline copy: it is the
         per-event hot path.)"""
-        if self._streak < YIELD_INTERVAL:
-            await self._cancelled_check()
-        else:
-            self._streak = 0
-            await checkpoint()
+        try:
+            if self._streak < YIELD_INTERVAL:
+                await self._cancelled_check()
+            else:
+                self._streak = 0
+                await checkpoint()
+        except RuntimeError as exc:  # trio's own, from a foreign thread
+            raise self._foreign(exc) from exc
 
     async def _when_ready(self, take: Callable[[], T]) -> T:
         """The rest of a receive that found nothing ready: yield once and call
@@ -373,6 +385,12 @@ class Subscription(Generic[E_co]):
                 return take()
             except anyio.WouldBlock:
                 await self._buffer.wait()
+
+    def _foreign(self, exc: RuntimeError) -> RuntimeError:
+        """*exc*, or the clearer one if this is not the bus's loop thread."""
+        if _get_ident() != self._thread:
+            return RuntimeError(wrong_thread("receiving"))
+        return exc
 
     def statistics(self) -> SubscriptionStatistics:
         """A snapshot of this subscription's counters."""

@@ -534,3 +534,93 @@ def machine_subscribe_kwargs() -> st.SearchStrategy[dict[str, Any]]:
             "kinds": _one_or_many(kinds),
         },
     )
+
+
+# (appended for tests/test_admission.py)
+
+#: Characters that normal form removes from a key: separators, spaces, a
+#: zero-width space, a zero-width joiner, a soft hyphen.
+_KEY_NOISE = st.sampled_from(["_", "-", ".", " ", "\u200b", "\u200d", "\u00ad", ""])
+
+
+def _full_width(text: str) -> str:
+    return "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in text)
+
+
+def spellings(key: str) -> st.SearchStrategy[str]:
+    """*key* spelled as the guard must still recognise it: any casing, its
+    separators replaced or dropped, noise (zero-width characters, spaces,
+    dots) between any letters, sometimes in full-width letters."""
+    letters = [c for c in key if c.isalnum()]
+
+    def build(flags: list[bool], noise: list[str], wide: bool) -> str:
+        text = "".join(
+            (c.upper() if up else c.lower()) + gap
+            for c, up, gap in zip(letters, flags, noise, strict=True)
+        )
+        return _full_width(text) if wide else text
+
+    n = len(letters)
+    return st.builds(
+        build,
+        st.lists(st.booleans(), min_size=n, max_size=n),
+        st.lists(_KEY_NOISE, min_size=n, max_size=n),
+        st.booleans(),
+    )
+
+
+class Opaque:
+    """An object JSON cannot carry."""
+
+
+class HugeInt(int):
+    """An int too large for JSON (10**5000) that hypothesis can still print."""
+
+    def __repr__(self) -> str:
+        return "HugeInt(10**5000)"
+
+
+def non_json_values() -> st.SearchStrategy[Any]:
+    """Values JSON cannot carry (or that are refused as such): datetimes, sets,
+    bytes, objects, NaN and infinities, non-string keys, dataclass and attrs
+    instances, complex numbers, and JSON containers holding one of them."""
+    import dataclasses
+    import datetime
+    import math
+
+    @dataclasses.dataclass
+    class Point:
+        x: int = 1
+
+    @attrs.define
+    class Box:
+        y: int = 2
+
+    leaves = st.sampled_from(
+        [
+            datetime.datetime(2026, 12, 4, 12, 0),
+            datetime.date(2026, 12, 4),
+            {1, 2},
+            frozenset({"a"}),
+            b"raw",
+            bytearray(b"raw"),
+            Opaque(),
+            math.nan,
+            math.inf,
+            -math.inf,
+            1j,
+            Point(),
+            Box(),
+            {1: "int key"},
+            {("t",): "tuple key"},
+            HugeInt(10**5000),
+        ]
+    )
+    return st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.lists(children, min_size=1, max_size=3),
+            st.dictionaries(st.text(max_size=4), children, min_size=1, max_size=3),
+        ),
+        max_leaves=6,
+    )
