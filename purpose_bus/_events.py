@@ -96,6 +96,12 @@ def registered_class(kind: str) -> type[Event] | None:
     return _registry.get(kind)
 
 
+def _is_class_var(annotation: object) -> bool:
+    if isinstance(annotation, str):
+        return "ClassVar" in annotation
+    return annotation is ClassVar or typing.get_origin(annotation) is ClassVar
+
+
 def _field_names(cls: type) -> list[str]:
     """The names of *cls*'s own fields as far as they are known when the class
     is made: its annotations (``ClassVar`` ones left out) and, once attrs has
@@ -103,11 +109,7 @@ def _field_names(cls: type) -> list[str]:
     names = [
         name
         for name, annotation in inspect.get_annotations(cls).items()
-        if not (
-            typing.get_origin(annotation) is ClassVar
-            or annotation is ClassVar  # type: ignore[comparison-overlap]
-            or (isinstance(annotation, str) and "ClassVar" in annotation)
-        )
+        if not _is_class_var(annotation)
     ]
     names += [a.name for a in cls.__dict__.get("__attrs_attrs__", ())]
     return names

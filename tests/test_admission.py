@@ -63,17 +63,17 @@ class TestWrongFieldTypes:
     @pytest.mark.parametrize(
         ("make", "field"),
         [
-            (lambda: MessageDelta(run_id="r", text=123), "text"),
+            (lambda: MessageDelta(run_id="r", text=123), "text"),  # type: ignore[arg-type]
             (
-                lambda: MessageDelta(run_id="r", text="x", visibility="PUBLIC"),
+                lambda: MessageDelta(run_id="r", text="x", visibility="PUBLIC"),  # type: ignore[arg-type]
                 "visibility",
             ),
-            (lambda: MessageDelta(run_id=None, text="x"), "run_id"),
-            (lambda: MessageDelta(run_id="r", lane_id=1, text="x"), "lane_id"),
-            (lambda: RunFinished(run_id="r", ts="now"), "ts"),
-            (lambda: RunFinished(run_id="r", parent_span_id=5), "parent_span_id"),
+            (lambda: MessageDelta(run_id=None, text="x"), "run_id"),  # type: ignore[arg-type]
+            (lambda: MessageDelta(run_id="r", lane_id=1, text="x"), "lane_id"),  # type: ignore[arg-type]
+            (lambda: RunFinished(run_id="r", ts="now"), "ts"),  # type: ignore[arg-type]
+            (lambda: RunFinished(run_id="r", parent_span_id=5), "parent_span_id"),  # type: ignore[arg-type]
             (lambda: RunFinished(run_id="r", seq=True), "seq"),
-            (lambda: ToolCall(run_id="r", name="t", arguments=[1]), "arguments"),
+            (lambda: ToolCall(run_id="r", name="t", arguments=[1]), "arguments"),  # type: ignore[arg-type]
         ],
     )
     def test_refused_when_made_naming_kind_and_field(
@@ -150,9 +150,10 @@ class TestValuesJsonCannotCarry:
 
     async def test_nothing_reaches_the_bus(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            for payload, error in [(p.values[0], p.values[1]) for p in NON_JSON]:
-                with pytest.raises(error):
-                    bus.emit(Log(run_id="r", message="m", payload=payload))
+            for param in NON_JSON:
+                payload, error = param.values
+                with pytest.raises(error):  # type: ignore[call-overload]
+                    bus.emit(Log(run_id="r", message="m", payload=payload))  # type: ignore[arg-type]
             bus.emit(Log(run_id="r", message="ok"))
             assert [e.offset for e in drain(sub)] == [1]
             assert len(bus.replay()) == 1
@@ -233,15 +234,15 @@ class TestImmutability:
 
     def test_a_consumer_cannot_change_what_others_hold(self) -> None:
         event = Log(run_id="r", message="m", payload={"a": {"b": [1]}})
-        payload = event.payload
+        payload: Any = event.payload
         changes: list[Callable[[], object]] = [
-            lambda: payload.__setitem__("x", 1),  # type: ignore[attr-defined]
-            lambda: payload.__delitem__("a"),  # type: ignore[attr-defined]
-            lambda: payload.update(x=1),  # type: ignore[attr-defined]
-            lambda: payload.setdefault("x", 1),  # type: ignore[attr-defined]
-            lambda: payload.pop("a"),  # type: ignore[attr-defined]
-            lambda: payload.popitem(),  # type: ignore[attr-defined]
-            lambda: payload.clear(),  # type: ignore[attr-defined]
+            lambda: payload.__setitem__("x", 1),
+            lambda: payload.__delitem__("a"),
+            lambda: payload.update(x=1),
+            lambda: payload.setdefault("x", 1),
+            lambda: payload.pop("a"),
+            lambda: payload.popitem(),
+            lambda: payload.clear(),
             lambda: payload["a"].__ior__({"x": 1}),
         ]
         for change in changes:
@@ -549,3 +550,257 @@ def _scramble(value: Any) -> None:
         for item in value:
             _scramble(item)
         value.append(SECRET)
+
+
+class TestWhatAHostileProbeFound:
+    """Each break a hostile probe of the first version found, as a test."""
+
+    def test_a_mixin_post_init_before_event_does_not_turn_admission_off(
+        self,
+    ) -> None:
+        class Mixin:
+            def __attrs_post_init__(self) -> None:
+                pass
+
+        @attrs.frozen(kw_only=True)
+        class MI(Mixin, Event):
+            kind = "test_admission.mi"
+
+        with pytest.raises(TypeError, match="field run_id"):
+            MI(run_id=5)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="datetime is not JSON"):
+            MI(run_id="r", payload={"when": datetime.datetime(2026, 1, 1)})
+
+        @attrs.frozen(kw_only=True)
+        class NoPostInit(Event):
+            kind = "test_admission.no-post-init"
+            __attrs_post_init__ = None  # type: ignore[assignment]
+
+        with pytest.raises(TypeError, match="field run_id"):
+            NoPostInit(run_id=5)  # type: ignore[arg-type]
+
+    async def test_a_class_whose_making_skips_admission_cannot_be_emitted(
+        self,
+    ) -> None:
+        @attrs.frozen(kw_only=True)
+        class Patched(Event):
+            kind = "test_admission.patched"
+
+        Patched.__attrs_post_init__ = lambda self: None  # type: ignore[method-assign]
+        async with EventBus() as bus:
+            with pytest.raises(TypeError, match="does not run admission"):
+                bus.emit(Patched(run_id="r"))
+
+    def test_fields_set_by_a_post_init_are_admitted_too(self) -> None:
+        @attrs.frozen(kw_only=True)
+        class Derived(Event):
+            kind = "test_admission.derived"
+            raw: str = ""
+            parsed: Any = attrs.field(init=False, default=None)
+
+            def __attrs_post_init__(self) -> None:
+                super().__attrs_post_init__()
+                object.__setattr__(self, "parsed", {"words": self.raw.split()})
+
+        event = Derived(run_id="r", raw="a b")
+        assert event.parsed == {"words": ("a", "b")}
+        assert type(event.parsed) is FrozenDict
+        assert reject_hidden_reasoning(event) is None
+
+        @attrs.frozen(kw_only=True)
+        class Leaks(Event):
+            kind = "test_admission.leaks"
+            raw: str = ""
+            parsed: Any = attrs.field(init=False, default=None)
+
+            def __attrs_post_init__(self) -> None:
+                object.__setattr__(self, "parsed", {"reasoning": self.raw})
+
+        assert reject_hidden_reasoning(Leaks(run_id="r", raw="secret")) is not None
+
+        @attrs.frozen(kw_only=True)
+        class Bad(Event):
+            kind = "test_admission.bad-derived"
+            at: Any = attrs.field(init=False, default=None)
+
+            def __attrs_post_init__(self) -> None:
+                object.__setattr__(self, "at", datetime.datetime(2026, 1, 1))
+
+        with pytest.raises(TypeError, match="datetime"):
+            Bad(run_id="r")
+
+    @pytest.mark.parametrize("other", ["asyncio", "trio"])
+    async def test_publish_and_aclose_from_another_loop_raise_and_harm_nothing(
+        self, other: str
+    ) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            event = Log(run_id="r", message="m")
+
+            def publish() -> None:
+                coroutine = bus.publish(event)
+                try:
+                    coroutine.send(None)
+                finally:
+                    coroutine.close()
+
+            raised = await anyio.to_thread.run_sync(_in_another_loop, other, publish)
+            assert isinstance(raised, RuntimeError)
+            assert "event loop the bus runs on" in str(raised)
+
+            def close() -> None:
+                coroutine = bus.aclose()
+                try:
+                    coroutine.send(None)
+                finally:
+                    coroutine.close()
+
+            raised = await anyio.to_thread.run_sync(_in_another_loop, other, close)
+            assert isinstance(raised, RuntimeError)
+            assert bus.statistics().emitted == 0
+            bus.emit(event)
+            assert [e.offset for e in drain(sub)] == [1]
+
+    async def test_closing_a_subscription_from_another_thread_raises(self) -> None:
+        async with EventBus() as bus, bus.subscribe() as sub:
+            with pytest.raises(RuntimeError, match="event loop the bus runs on"):
+                await anyio.to_thread.run_sync(sub.close)
+            bus.emit(Log(run_id="r", message="m"))  # the producer is unharmed
+            assert [e.offset for e in drain(sub)] == [1]
+
+    async def test_str_subclasses_become_plain_strings(self) -> None:
+        class Liar(str):
+            def __eq__(self, other: object) -> bool:
+                return True
+
+            def __hash__(self) -> int:
+                return hash("victim")
+
+        event = MessageDelta(run_id=Liar("attacker"), text=Liar("t"))
+        assert type(event.run_id) is str
+        assert type(event.text) is str
+        async with EventBus() as bus, bus.subscribe(run_id="victim") as sub:
+            bus.emit(event)
+            assert drain(sub) == []
+
+    def test_enum_members_json_cannot_carry_are_refused(self) -> None:
+        import enum
+
+        class Odd(float, enum.Enum):
+            FINE = 1.5
+            NAN = math.nan
+
+        @attrs.frozen(kw_only=True)
+        class WithOdd(Event):
+            kind = "test_admission.with-odd"
+            odd: Odd = Odd.FINE
+
+        event = WithOdd(run_id="r")
+        assert decode(encode(event)) == event
+        with pytest.raises((TypeError, ValueError), match="field odd"):
+            WithOdd(run_id="r", odd=Odd.NAN)
+
+    def test_field_names_from_mixins_and_unannotated_fields_are_checked(
+        self,
+    ) -> None:
+        @attrs.define(slots=False)
+        class Mixin:
+            thinking: str = ""
+
+        def define() -> None:
+            @attrs.frozen(kw_only=True)
+            class FromMixin(Event, Mixin):
+                kind = "test_admission.from-mixin"
+
+            FromMixin(run_id="r")
+
+        with pytest.raises(TypeError, match="hidden-reasoning key"):
+            define()
+
+        with pytest.raises(TypeError, match="hidden-reasoning key"):
+
+            @attrs.frozen(kw_only=True)
+            class Unannotated(Event):
+                kind = "test_admission.unannotated"
+                Reasoning = attrs.field(default="")
+
+    def test_class_vars_named_like_hidden_keys_are_not_fields(self) -> None:
+        from typing import ClassVar
+
+        @attrs.frozen(kw_only=True)
+        class Described(Event):
+            kind = "test_admission.described"
+            reasoning: ClassVar[str] = "why this event exists"
+
+        assert Described(run_id="r").reasoning == "why this event exists"
+
+    def test_unannotated_fields_take_any_json_value(self) -> None:
+        @attrs.frozen(kw_only=True)
+        class Loose(Event):
+            kind = "test_admission.loose"
+            x = attrs.field(default=None)
+            n = attrs.field(default=0, type=int)
+
+        assert Loose(run_id="r", x=[1]).x == (1,)
+        with pytest.raises(TypeError, match="field n"):
+            Loose(run_id="r", n="1")
+
+    def test_the_envelope_keeps_its_types_whatever_a_subclass_says(self) -> None:
+        @attrs.frozen(kw_only=True)
+        class Redeclared(Event):
+            kind = "test_admission.redeclared"
+            run_id: int = 0  # type: ignore[assignment]
+
+        with pytest.raises(TypeError, match="field run_id: expected str"):
+            Redeclared(run_id=5)
+
+    def test_a_class_that_lost_its_kind_to_another_stops_being_emittable(
+        self,
+    ) -> None:
+        from purpose_bus._admission import check_emittable
+
+        def make() -> type[Event]:
+            @attrs.frozen(kw_only=True)
+            class Again(Event):
+                kind = "test_admission.again"
+
+            return Again
+
+        first = make()
+        check_emittable(first)
+        second = make()  # same module and name: it takes the kind over
+        check_emittable(second)
+        with pytest.raises(TypeError, match="no registered kind"):
+            check_emittable(first)
+
+    def test_the_normal_form_cache_trusts_no_str_subclass_and_keeps_no_huge_key(
+        self,
+    ) -> None:
+        from purpose_bus import _hidden
+
+        class Poison(str):
+            def __hash__(self) -> int:
+                return hash("cot")
+
+            def __eq__(self, other: object) -> bool:
+                return True
+
+        _hidden._normal.clear()
+        assert _hidden.normal_key(Poison("harmless")) == "harmless"
+        assert _hidden.normal_key("cot") == "cot"
+        huge = "k" * 100_000
+        assert _hidden.normal_key(huge) == huge
+        assert huge not in _hidden._normal
+
+    def test_invisible_hangul_fillers_are_removed(self) -> None:
+        for filler in "\u115f\u1160\u3164\uffa0":
+            key = f"chain{filler}of{filler}thought"
+            assert reject_hidden_reasoning(
+                Log(run_id="r", message="m", payload={key: 1})
+            )
+
+    def test_a_class_without_a_kind_in_kinds_is_named(self) -> None:
+        class MyFinished(RunFinished):
+            pass
+
+        with pytest.raises(TypeError, match="MyFinished has no kind of its own"):
+            EventBus().subscribe(kinds=[MyFinished])

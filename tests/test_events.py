@@ -93,7 +93,7 @@ class TestEvent:
         payload = Event(run_id="r").payload
         assert isinstance(payload, FrozenDict)
         with pytest.raises(TypeError):
-            payload["x"] = 1  # type: ignore[index]
+            payload["x"] = 1
         assert Event(run_id="s").payload == {}
 
     def test_fields_as_given(self) -> None:

@@ -347,9 +347,9 @@ class TestNesting:
         else:
             with pytest.raises(ValueError, match="nested too deeply"):
                 ToolCall(run_id="r", name="t", arguments={"a": value})
-            event = unchecked(ToolCall(run_id="r", name="t"), arguments={"a": value})
+            bad = unchecked(ToolCall(run_id="r", name="t"), arguments={"a": value})
             with pytest.raises(ValueError, match="nested too deeply"):
-                encode(event)
+                encode(bad)
             data = json.dumps(
                 {
                     "kind": "tool.call",
