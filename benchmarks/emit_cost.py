@@ -21,13 +21,25 @@ The ping-pong p50s (medians of 5 runs, interleaved) come from the runner's own
 scenario (``benchmarks/_scenarios.py``, ``pingpong``) with the runner's adapters
 for purpose_bus and for the raw AnyIO stream.
 
+Admission (issue #14) moved checking and freezing an event's fields to when
+it is made, so ``--baseline DIR`` compares *making and emitting* an event with
+another checkout of purpose_bus (``DIR`` holds its ``purpose_bus`` package, say
+a ``git worktree`` of the commit before): a ``MessageDelta`` and a ``ToolCall``
+whose ``arguments`` hold 10 keys (strings, numbers, a nested mapping of 3 keys,
+a list), made and emitted to one subscriber, fastest of ``--repeat`` loops of
+``--events`` with the garbage collector off. The two run in subprocesses,
+interleaved ``--pairs`` times, and the table shows the medians and the
+difference.
+
 Usage::
 
     .venv/bin/python benchmarks/emit_cost.py [--repeat 15] [--events 10000]
         [--rounds 3000] [--backend asyncio trio]
+    .venv/bin/python benchmarks/emit_cost.py --baseline ../base [--pairs 5]
 
 Prints a markdown table and writes ``benchmarks/results/emit_cost.json`` and
-``benchmarks/results/emit_cost.png``.
+``benchmarks/results/emit_cost.png`` (with ``--baseline``:
+``benchmarks/results/admission_cost.json``).
 """
 
 from __future__ import annotations
@@ -259,14 +271,136 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _arguments() -> dict[str, Any]:
+    """The 10-key ``arguments`` of the ToolCall measured (made anew per call, as
+    a producer would)."""
+    return {
+        "query": "event bus",
+        "limit": 10,
+        "offset": 0,
+        "lang": "en",
+        "safe": True,
+        "score": 0.5,
+        "filters": {"year": 2026, "kind": "paper", "open": True},
+        "tags": ["anyio", "trio", "asyncio"],
+        "sort": "relevance",
+        "cursor": None,
+    }
+
+
+async def _make_and_emit(count: int) -> dict[str, float]:
+    """Nanoseconds per event of making and emitting each kind, to one
+    subscriber that takes them between loops (gross: the loop included)."""
+    from purpose_bus import MessageDelta, ToolCall
+
+    makers: dict[str, Callable[[], Event]] = {
+        "MessageDelta": lambda: MessageDelta(run_id="r", text="hello"),
+        "ToolCall(10 keys)": lambda: ToolCall(
+            run_id="r", name="search", arguments=_arguments()
+        ),
+    }
+    figures: dict[str, float] = {}
+    async with (
+        EventBus(history_size=count) as bus,
+        bus.subscribe(buffer_size=count + 1) as sub,
+    ):
+        for name, make in makers.items():
+            emit = bus.emit
+
+            def loop() -> None:
+                for _ in range(count):
+                    emit(make())  # noqa: B023
+
+            figures[name] = _per_event(loop, count)
+            while True:
+                try:
+                    sub.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+    return figures
+
+
+def _make_and_emit_best(backend: str, repeat: int, count: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        for name, value in anyio.run(_make_and_emit, count, backend=backend).items():
+            samples.setdefault(name, []).append(value)
+    return {name: min(values) for name, values in samples.items()}
+
+
+def _run_worker(path: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    """This script's ``--worker`` in a subprocess, importing purpose_bus from
+    *path* (``None``: this checkout)."""
+    import os
+    import subprocess
+
+    env = dict(os.environ)
+    root = path if path is not None else HERE.parent
+    env["PYTHONPATH"] = str(root)
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker"]
+    command += ["--repeat", str(args.repeat), "--events", str(args.events)]
+    command += ["--backend", *args.backend]
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Make-and-emit here and in ``args.baseline``, interleaved, then a table."""
+    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    for pair in range(args.pairs):
+        print(f"pair {pair + 1}/{args.pairs} ...", file=sys.stderr, flush=True)
+        runs["baseline"].append(_run_worker(args.baseline, args))
+        runs["this"].append(_run_worker(None, args))
+    rows = ["| make + emit, ns per event | backend | baseline | this | difference |"]
+    rows.append("|---|---|---:|---:|---:|")
+    medians: dict[str, Any] = {}
+    for backend in args.backend:
+        for name in runs["this"][0][backend]:
+            base = statistics.median(r[backend][name] for r in runs["baseline"])
+            this = statistics.median(r[backend][name] for r in runs["this"])
+            medians[f"{backend} {name}"] = {"baseline": base, "this": this}
+            rows.append(
+                f"| {name} | {backend} | {base:,.0f} | {this:,.0f} | "
+                f"{this - base:+,.0f} |"
+            )
+    print("\n".join(rows))
+    output = args.output.with_name("admission_cost.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "baseline": str(args.baseline),
+        "events": args.events,
+        "repeat": args.repeat,
+        "pairs": args.pairs,
+        "medians_ns": medians,
+        "runs": runs,
+    }
+    output.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"\nwrote {output}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, help="compare make+emit with it")
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3_000)
     parser.add_argument("--backend", nargs="+", default=["asyncio", "trio"])
     parser.add_argument("--output", type=Path, default=RESULTS / "emit_cost.json")
     args = parser.parse_args(argv)
+    if args.worker:
+        figures = {
+            b: _make_and_emit_best(b, args.repeat, args.events) for b in args.backend
+        }
+        print(json.dumps(figures))
+        return
+    if args.baseline is not None:
+        compare(args)
+        return
     results = []
     for backend in args.backend:
         print(f"measuring {backend} ...", file=sys.stderr, flush=True)

@@ -52,6 +52,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
+from math import isfinite as _isfinite
 from typing import Any, Literal, Union
 
 import attrs
@@ -59,6 +60,7 @@ import attrs
 from ._events import Event, event_class
 from ._exceptions import DecodeError
 from ._frozen import EMPTY, FrozenDict
+from ._hidden import _normal as _normal_keys
 from ._hidden import normal_key
 
 __all__ = ["DEFAULT_MAX_SIZE", "MAX_DEPTH", "decode", "encode"]
@@ -248,22 +250,38 @@ def _too_deep_here() -> _Invalid:
     return _TooDeep()
 
 
+#: Scalar types a JSON value may have as they are (int and float need a look).
+_PLAIN = frozenset({str, bool, _NONE_TYPE})
+
+
 def _freeze_items(
     value: Mapping[Any, Any], depth: int, keys: set[str], freeze: _Freeze
 ) -> FrozenDict:
     """*value* as a :class:`FrozenDict` of its items frozen by *freeze*, at
-    *depth* (its own level)."""
+    *depth* (its own level). (The hot loop of admission: the normal-key cache
+    and the common scalars are looked at inline.)"""
     if depth > MAX_DEPTH:
         raise _too_deep_here()
     if not value:
         return EMPTY
     own: set[str] = set()
+    add = own.add
+    normal = _normal_keys.get
     items = {}
+    any_json = freeze is _freeze_json
     for key, item in value.items():
         if type(key) is not str:
             _check_key(key)
             key = str.__str__(key)  # a str subclass: a plain str
-        own.add(normal_key(key))
+        add(normal(key) or normal_key(key))
+        kind = type(item)
+        if any_json and (
+            kind in _PLAIN
+            or (kind is int and -_INT_LIMIT < item < _INT_LIMIT)
+            or (kind is float and _isfinite(item))
+        ):
+            items[key] = item
+            continue
         try:
             items[key] = freeze(item, depth, own)
         except _TooDeep:
@@ -281,6 +299,8 @@ def _freeze_items_of(
     """*value*, a list or tuple, as a tuple of its items frozen by *freeze*."""
     if depth > MAX_DEPTH:
         raise _too_deep_here()
+    if freeze is _freeze_json and all(type(item) in _PLAIN for item in value):
+        return tuple(value)  # strings, bools and Nones: nothing to look into
     items = []
     for index, item in enumerate(value):
         try:
@@ -636,7 +656,7 @@ _CHECKS: dict[Any, str] = {
     str: "type(v) is str",
     bool: "type(v) is bool",
     int: "type(v) is int",  # a bool is not an int
-    float: "type(v) is float and isfinite(v)",
+    float: "type(v) is float and v - v == 0.0",  # not NaN, not infinite
     str | None: "v is None or type(v) is str",
     typing.Optional[str]: "v is None or type(v) is str",  # noqa: UP045
 }
