@@ -719,9 +719,9 @@ class TestWhatAHostileProbeFound:
         with pytest.raises(TypeError, match="hidden-reasoning key"):
 
             @attrs.frozen(kw_only=True)
-            class Unannotated(Event):
+            class Unannotated(Event):  # type: ignore[no-untyped-def]
                 kind = "test_admission.unannotated"
-                Reasoning = attrs.field(default="")
+                Reasoning = attrs.field(default="")  # type: ignore[var-annotated]
 
     def test_class_vars_named_like_hidden_keys_are_not_fields(self) -> None:
         from typing import ClassVar
@@ -735,14 +735,14 @@ class TestWhatAHostileProbeFound:
 
     def test_unannotated_fields_take_any_json_value(self) -> None:
         @attrs.frozen(kw_only=True)
-        class Loose(Event):
+        class Loose(Event):  # type: ignore[no-untyped-def]
             kind = "test_admission.loose"
-            x = attrs.field(default=None)
+            x = attrs.field(default=None)  # type: ignore[var-annotated]
             n = attrs.field(default=0, type=int)
 
         assert Loose(run_id="r", x=[1]).x == (1,)
         with pytest.raises(TypeError, match="field n"):
-            Loose(run_id="r", n="1")
+            Loose(run_id="r", n="1")  # type: ignore[arg-type]
 
     def test_the_envelope_keeps_its_types_whatever_a_subclass_says(self) -> None:
         @attrs.frozen(kw_only=True)
