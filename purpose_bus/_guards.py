@@ -48,14 +48,18 @@ def _first_hidden(value: Any, keys: frozenset[str]) -> str | None:
     """The first key of *value* (at any depth) whose normal form is in *keys*,
     as it is spelled there (for the message); the slow path of a rejection."""
     stack = [value]
+    seen: set[int] = set()
     while stack:
         item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
         if isinstance(item, Mapping):
             for key in item:
-                if normal_key(key) in keys:
+                if isinstance(key, str) and normal_key(key) in keys:
                     return str(key)
             stack.extend(item.values())
-        elif isinstance(item, tuple | list):
+        elif isinstance(item, Iterable) and not isinstance(item, str | bytes):
             stack.extend(item)
     return None
 
@@ -108,6 +112,8 @@ def _field_checker(cls: type[Event], keys: frozenset[str]) -> Guard:
         "FrozenDict": FrozenDict,
         "keys": keys,
         "walk": _hidden_in_tuple,
+        "find": _first_hidden,
+        "scalars": frozenset({str, int, float, bool}),
         "reason": _reason,
     }
     lines = ["def check(event):"]
@@ -121,6 +127,10 @@ def _field_checker(cls: type[Event], keys: frozenset[str]) -> Guard:
             "        if not keys.isdisjoint(v._keys):",
             f"            return reason(event, {field.name!r}, v, keys)",
             "    elif t is tuple and v and walk(v, keys):",
+            f"        return reason(event, {field.name!r}, v, keys)",
+            # Not frozen: only object.__setattr__ gets such a value past
+            # admission; it is searched the slow way all the same.
+            "    elif v and t not in scalars and find(v, keys) is not None:",
             f"        return reason(event, {field.name!r}, v, keys)",
         ]
     lines.append("    return None")

@@ -804,3 +804,18 @@ class TestWhatAHostileProbeFound:
 
         with pytest.raises(TypeError, match="MyFinished has no kind of its own"):
             EventBus().subscribe(kinds=[MyFinished])
+
+
+class TestPastAdmission:
+    """What only ``object.__setattr__`` on a frozen event can do: the guard
+    still searches a value that is not frozen, the slow way."""
+
+    @pytest.mark.parametrize(
+        "value",
+        [{"chain_of_thought": 1}, [{"x": {"Thinking": 1}}], {"a": [{"cot": 1}]}],
+    )
+    def test_the_guard_searches_values_that_are_not_frozen(self, value: Any) -> None:
+        event = unchecked(ToolResult(run_id="r", name="t"), result=value)
+        assert reject_hidden_reasoning(event) is not None
+        event = unchecked(Log(run_id="r", message="m"), payload={"v": value})
+        assert reject_hidden_reasoning(event) is not None
