@@ -220,7 +220,11 @@ class BusMachine(RuleBasedStateMachine):
         replay = kwargs.pop("replay")
         self.names += 1
         name = f"s{self.names}"
-        sub = self.open_bus.subscribe(**kwargs, replay=replay, after=after, name=name)
+        sub = self.call(
+            lambda: self.open_bus.subscribe(
+                **kwargs, replay=replay, after=after, name=name
+            )
+        )
         filters = {
             k: v
             for k, v in kwargs.items()
