@@ -6,8 +6,11 @@ import json
 import re
 import subprocess
 import sys
+import traceback
 import types
 from pathlib import Path
+
+import pytest
 
 import purpose_bus
 
@@ -68,6 +71,8 @@ class TestAll:
     def test_names_come_from_private_modules(self) -> None:
         for name in purpose_bus.__all__:
             value = getattr(purpose_bus, name)
+            if isinstance(value, type) and issubclass(value, BaseException):
+                continue  # they name the public module: TestExceptionNames
             if isinstance(value, (type, types.FunctionType)):  # not aliases, constants
                 assert value.__module__.startswith("purpose_bus._"), name
 
@@ -75,6 +80,43 @@ class TestAll:
         namespace: dict[str, object] = {}
         exec("from purpose_bus import *", namespace)
         assert set(namespace) - {"__builtins__"} == set(purpose_bus.__all__)
+
+
+EXCEPTIONS = sorted(
+    name
+    for name in purpose_bus.__all__
+    if isinstance(value := getattr(purpose_bus, name), type)
+    and issubclass(value, BaseException)
+)
+
+
+class TestExceptionNames:
+    """Tracebacks and reprs name ``purpose_bus``, where users import from."""
+
+    def test_every_exception_is_checked(self) -> None:
+        assert EXCEPTIONS == [
+            "BusClosed",
+            "DecodeError",
+            "EventRejected",
+            "PurposeBusError",
+        ]
+
+    @pytest.mark.parametrize("name", EXCEPTIONS)
+    def test_traceback_and_repr_name_the_public_module(self, name: str) -> None:
+        cls = getattr(purpose_bus, name)
+        assert cls.__module__ == "purpose_bus"
+        assert repr(cls) == f"<class 'purpose_bus.{name}'>"
+        line = traceback.format_exception_only(cls("what went wrong"))
+        assert line == [f"purpose_bus.{name}: what went wrong\n"]
+
+    def test_an_uncaught_exception_names_the_public_module(self) -> None:
+        code = "import purpose_bus; raise purpose_bus.BusClosed('the bus is closed')"
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == "purpose_bus.BusClosed: the bus is closed"
 
 
 class TestImport:
