@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -119,6 +120,38 @@ class TestExceptionNames:
         assert last == "purpose_bus.BusClosed: the bus is closed"
 
 
+def _imported_by_purpose_bus(
+    pythonpath: Path | None = None,
+) -> tuple[set[str], set[str]]:
+    """The top-level non-stdlib modules ``import purpose_bus`` loads in a fresh
+    interpreter, and those loaded before the program ran: what site hooks
+    (``sitecustomize``, ``usercustomize``, ``.pth`` files such as setuptools'
+    ``_distutils_hack``) imported, which are the interpreter's, not ours."""
+    code = (
+        "import json, sys\n"
+        "def top(): return {m.partition('.')[0] for m in sys.modules}"
+        " - set(sys.stdlib_module_names)\n"
+        "before = top()\n"
+        "import purpose_bus\n"
+        "print(json.dumps([sorted(top() - before - {'purpose_bus'}), sorted(before)]))"
+    )
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(pythonpath), *filter(None, [env.get("PYTHONPATH")])]
+        )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
+    )
+    imported, before = json.loads(result.stdout)
+    return set(imported), set(before)
+
+
 class TestImport:
     def test_import_does_not_pull_optional_dependencies(self) -> None:
         code = (
@@ -138,27 +171,20 @@ class TestImport:
         assert json.loads(result.stdout) == []
 
     def test_import_needs_only_anyio_and_attrs(self) -> None:
-        code = (
-            "import json, sys; import purpose_bus; "
-            "print(json.dumps(sorted({m.partition('.')[0] for m in sys.modules}"
-            " - set(sys.stdlib_module_names))))"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        third_party = {
-            name
-            for name in json.loads(result.stdout)
-            if not name.startswith("_") and name != "purpose_bus"
-        }
-        assert {"anyio", "attrs"} <= third_party
+        imported, hooks = _imported_by_purpose_bus()
+        assert {"anyio", "attrs"} <= imported
         # anyio and attrs, and what they import themselves
         allowed = {"anyio", "attr", "attrs", "sniffio", "idna", "typing_extensions"}
-        assert third_party <= allowed | {"exceptiongroup"}
+        assert imported <= allowed | {"exceptiongroup"}, f"site hooks: {hooks}"
+
+    def test_site_hooks_are_not_counted(self, tmp_path: Path) -> None:
+        # A sitecustomize (Debian's Python ships one) that imports a module of
+        # its own: loaded before the program runs, so not purpose_bus's import.
+        (tmp_path / "sitecustomize.py").write_text("import hook_helper\n")
+        (tmp_path / "hook_helper.py").write_text("")
+        imported, hooks = _imported_by_purpose_bus(pythonpath=tmp_path)
+        assert {"sitecustomize", "hook_helper"} <= hooks
+        assert imported == _imported_by_purpose_bus()[0]
 
     def test_no_pickle_in_the_package(self) -> None:
         package = Path(purpose_bus.__file__).parent
