@@ -152,6 +152,45 @@ def _imported_by_purpose_bus(
     return set(imported), set(before)
 
 
+#: A user's program, type-checked against purpose_bus as installed.
+USER_PROGRAM = """\
+import anyio
+
+from purpose_bus import EventBus, MessageDelta, RunFinished
+
+
+async def main() -> None:
+    async with EventBus() as bus, bus.subscribe(run_id="r1", kinds=MessageDelta) as sub:
+        bus.emit(MessageDelta(run_id="r1", text="hello"))
+        bus.emit(RunFinished(run_id="r1"))
+        async for event in sub:
+            print(event.text.upper())
+
+
+anyio.run(main)
+"""
+
+
+class TestTypeCheckers:
+    def test_mypy_finds_the_installed_package(self, tmp_path: Path) -> None:
+        # Outside the repository, mypy sees only what is installed: with the
+        # README's `pip install -e .`, a plain .pth path entry (setuptools'
+        # default editable install is an import hook that mypy cannot follow,
+        # and reports import-not-found).
+        (tmp_path / "app.py").write_text(USER_PROGRAM)
+        command = [sys.executable, "-m", "mypy", "--strict", "app.py"]
+        result = subprocess.run(
+            [*command, "--cache-dir", os.devnull],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if k != "MYPYPATH"},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("Success: no issues found in 1 source file")
+
+
 class TestImport:
     def test_import_does_not_pull_optional_dependencies(self) -> None:
         code = (
