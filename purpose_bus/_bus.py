@@ -617,7 +617,15 @@ class EventBus:
         defaults as :meth:`subscribe`), with a seq above *since_seq* and an offset
         above *after*, in offset order. Takes time proportional to what it returns
         when scoped to runs. Call it on the event loop thread.
+
+        :raises TypeError: for an int as the third argument: that is ``kinds``,
+            not the old bus's positional ``since_seq``
         """
+        if isinstance(kinds, int):  # the old bus's replay(run_id, lane_id, since_seq)
+            raise TypeError(
+                f"replay()'s third argument is kinds; pass since_seq by keyword: "
+                f"replay(run_id, lane_id, since_seq={kinds!r})"
+            )
         flt = make_filter(
             run_id=run_id, lane_id=lane_id, kinds=kinds, visibility=visibility
         )
