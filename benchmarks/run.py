@@ -859,7 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     interpreter = probe(python)
     skipped = {n: r for n, r in interpreter["unavailable"].items() if n in systems}
     for name, reason in skipped.items():
-        print(f"skipped {name}: {reason} ({INSTALL_HINT})", file=sys.stderr)
+        hint = f" ({INSTALL_HINT})" if reason.endswith("not installed") else ""
+        print(f"skipped {name}: {reason}{hint}", file=sys.stderr)
     systems = [name for name in systems if name not in skipped]
     if not systems:
         print("error: none of the systems can run here", file=sys.stderr)
