@@ -113,12 +113,12 @@ class TestMain:
 
 class TestServeStops:
     async def test_ctrl_c_stops_at_once_while_a_viewer_streams(
-        self, anyio_backend: str
+        self, anyio_backend_name: str
     ) -> None:
         # A viewer's open event stream must not hold the server up: Ctrl+C
         # closes the bus, which ends every stream, then hypercorn stops.
         command = [sys.executable, "-m", "purpose_bus", "demo", "--serve"]
-        command += ["--port", "0", "--backend", anyio_backend]
+        command += ["--port", "0", "--backend", anyio_backend_name]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         async with await anyio.open_process(command, env=env) as process:
             assert process.stdout is not None
