@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/run.py [--quick] [--no-plot] [--only SCENARIO[,...]]
                              [--systems NAME[,...]] [--reps N] [--jobs N]
+                             [--python PATH] [--output FILE]
 
 Every (system, scenario, repetition) runs in a fresh process
 (``benchmarks/_worker.py``, one JSON line each). Repetitions are interleaved:
@@ -16,7 +17,14 @@ Prints markdown tables on stdout (progress on stderr) and writes
 key ratios) and ``benchmarks/results/fanout.png``. A ``--quick`` run (tiny sizes,
 one repetition, for CI) writes ``results/quick.json`` instead, and a run of a
 subset (``--only``/``--systems``) ``results/partial.json``, so neither replaces
-the full results; ``--output`` chooses the file.
+the full results; ``--output`` chooses the file. ``--python PATH`` runs the
+workers under another interpreter (with purpose_bus installed in it); its
+results go to ``latest-3.13.json`` and the like.
+
+Systems the interpreter cannot run (a peer library, trio or uvloop not
+installed, the old bus not beside the repository) are skipped with one line
+each, and without matplotlib the plot is skipped with a note: the run still
+writes its JSON and tables.
 """
 
 from __future__ import annotations
@@ -27,14 +35,15 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +55,9 @@ from systems import SYSTEMS  # noqa: E402
 
 RESULTS = HERE / "results"
 WORKER = HERE / "_worker.py"
+PROBE = HERE / "_probe.py"
+#: How to install what a skipped system needs.
+INSTALL_HINT = "pip install -e '.[bench]'"
 
 #: Scenario -> repetitions in a full run.
 SCENARIOS: dict[str, int] = {
@@ -89,9 +101,25 @@ Record = dict[str, Any]
 # -- running -----------------------------------------------------------------------
 
 
-def run_worker(system: str, scenario: str, rep: int, quick: bool) -> Record:
+def probe(python: str) -> Record:
+    """What *python* can run: its version, its packages, the systems it cannot
+    run and why (``benchmarks/_probe.py``)."""
+    done = subprocess.run(
+        [python, str(PROBE)], capture_output=True, text=True, timeout=120
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        raise SystemExit(f"error: {python} cannot run the benchmarks: {tail[0]}")
+    record: Record = json.loads(lines[-1])
+    return record
+
+
+def run_worker(
+    system: str, scenario: str, rep: int, quick: bool, python: str = sys.executable
+) -> Record:
     command = [
-        sys.executable,
+        python,
         str(WORKER),
         "--system",
         system,
@@ -136,39 +164,47 @@ def plan(
 
 
 def execute(
-    jobs: list[tuple[int, str, str]], quick: bool, parallel: int
+    jobs: list[tuple[int, str, str]],
+    quick: bool,
+    parallel: int,
+    python: str = sys.executable,
 ) -> dict[str, dict[str, list[Record]]]:
-    """Run *jobs*; skip later repetitions of what was n/a; show progress."""
+    """Run *jobs* with *python*; skip later repetitions of what was n/a; show
+    progress on stderr (runs done / all, seconds since the start)."""
     records: dict[str, dict[str, list[Record]]] = {}
     not_applicable: set[tuple[str, str]] = set()
     started = time.perf_counter()
     width = len(str(len(jobs)))
+    lock = threading.Lock()
+    done = 0
 
-    def one(index: int, job: tuple[int, str, str]) -> None:
+    def one(job: tuple[int, str, str]) -> None:
+        nonlocal done
         rep, scenario, name = job
         if (scenario, name) in not_applicable:
-            return
-        record = run_worker(name, scenario, rep, quick)
-        record["rep"] = rep
-        records.setdefault(scenario, {}).setdefault(name, []).append(record)
+            record: Record = {"status": "n/a", "reason": "n/a in repetition 1"}
+        else:
+            record = run_worker(name, scenario, rep, quick, python)
+            record["rep"] = rep
+            records.setdefault(scenario, {}).setdefault(name, []).append(record)
         if record["status"] == "n/a":
             not_applicable.add((scenario, name))
-        elapsed = time.perf_counter() - started
-        print(
-            f"[{index:>{width}}/{len(jobs)} {elapsed:6.1f}s] rep {rep} "
-            f"{scenario:<14} {name:<20} {summary(scenario, record)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        with lock:
+            done += 1
+            elapsed = time.perf_counter() - started
+            print(
+                f"[{done:>{width}}/{len(jobs)} {elapsed:6.1f}s] rep {rep} "
+                f"{scenario:<14} {name:<20} {summary(scenario, record)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     if parallel <= 1:
-        for index, job in enumerate(jobs, 1):
-            one(index, job)
+        for job in jobs:
+            one(job)
     else:
         with ThreadPoolExecutor(parallel) as pool:
-            for future in [
-                pool.submit(one, index, job) for index, job in enumerate(jobs, 1)
-            ]:
+            for future in [pool.submit(one, job) for job in jobs]:
                 future.result()
     for by_system in records.values():
         for samples in by_system.values():
@@ -473,6 +509,13 @@ def report(
         " ratios are medians of same-repetition ratios.",
         "",
     ]
+    if meta.get("skipped"):
+        out += [
+            "Skipped, not installed for this interpreter: "
+            + "; ".join(f"{name} ({why})" for name, why in meta["skipped"].items())
+            + ".",
+            "",
+        ]
     if meta.get("sources_changed_during_run"):
         out += [
             "**Warning: purpose_bus's sources changed during this run"
@@ -636,7 +679,11 @@ def plot(results: Record, systems: Sequence[str], path: Path, quick: bool) -> bo
     """Deliveries/s by number of subscribers, one line per system and backend."""
     if "fanout" not in results:
         return False
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no plot: matplotlib is not installed ({INSTALL_HINT})", file=sys.stderr)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -699,7 +746,8 @@ def plot(results: Record, systems: Sequence[str], path: Path, quick: bool) -> bo
 # -- the machine -------------------------------------------------------------------
 
 
-def machine(quick: bool) -> Record:
+def machine(quick: bool, interpreter: Record) -> Record:
+    """The machine, and the interpreter the workers run (from :func:`probe`)."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -709,21 +757,16 @@ def machine(quick: bool) -> Record:
     except OSError:
         cpu = platform.processor() or cpu
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    packages = {}
-    for name in PACKAGES:
-        try:
-            packages[name] = version(name)
-        except PackageNotFoundError:
-            packages[name] = None
     return {
         "quick": quick,
         "cpu": cpu,
         "cores": os.cpu_count(),
         "usable_cores": len(affinity) if affinity is not None else None,
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
+        "python": interpreter["python"],
+        "implementation": interpreter["implementation"],
+        "executable": interpreter["executable"],
         "platform": platform.platform(),
-        "packages": packages,
+        "packages": interpreter["packages"],
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "git": git_version(),
         "source_digest": source_digest(),
@@ -789,8 +832,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         help="workers at once (default 1; 3 with --quick): more skews timings",
     )
+    parser.add_argument(
+        "--python",
+        metavar="PATH",
+        help="the interpreter the workers run (default: this one); purpose_bus"
+        " and what the systems need must be installed in it",
+    )
     parser.add_argument("--output", type=Path, help="the JSON file to write")
     args = parser.parse_args(argv)
+    python = sys.executable
+    if args.python is not None:
+        found = shutil.which(args.python)
+        if found is None:
+            parser.error(f"--python: no interpreter at {args.python}")
+        python = found
 
     scenarios = split(args.only) or list(SCENARIOS)
     systems = split(args.systems) or list(SYSTEMS)
@@ -801,14 +856,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown {name}(s): {', '.join(unknown)}")
     scenarios = [s for s in SCENARIOS if s in scenarios]
+    interpreter = probe(python)
+    skipped = {n: r for n, r in interpreter["unavailable"].items() if n in systems}
+    for name, reason in skipped.items():
+        hint = f" ({INSTALL_HINT})" if reason.endswith("not installed") else ""
+        print(f"skipped {name}: {reason}{hint}", file=sys.stderr)
+    systems = [name for name in systems if name not in skipped]
+    if not systems:
+        print("error: none of the systems can run here", file=sys.stderr)
+        return 1
     reps = {s: 1 if args.quick else (args.reps or SCENARIOS[s]) for s in scenarios}
     partial = args.only is not None or args.systems is not None
-    output = args.output or RESULTS / (
-        "quick.json" if args.quick else "partial.json" if partial else "latest.json"
-    )
+    stem = "quick" if args.quick else "partial" if partial else "latest"
+    if args.python is not None:
+        stem += "-" + ".".join(interpreter["python"].split(".")[:2])
+    output = args.output or RESULTS / f"{stem}.json"
     jobs_at_once = args.jobs or (3 if args.quick else 1)
 
-    meta = machine(args.quick)
+    meta = machine(args.quick, interpreter)
+    meta["skipped"] = skipped
     meta["kind"] = (
         "quick smoke run" if args.quick else "partial run" if partial else "full run"
     )
@@ -819,7 +885,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stderr,
     )
     started = time.perf_counter()
-    records = execute(jobs, args.quick, jobs_at_once)
+    records = execute(jobs, args.quick, jobs_at_once, python)
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["loadavg_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     meta["source_digest_end"] = source_digest()

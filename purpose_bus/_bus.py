@@ -639,8 +639,15 @@ class EventBus:
         when scoped to runs. Call it on the event loop thread.
 
         :raises RuntimeError: if called from another thread (or event loop)
+        :raises TypeError: for an int as the third argument: that is ``kinds``,
+            not the old bus's positional ``since_seq``
         """
         self._check_loop("replay()")
+        if isinstance(kinds, int):  # the old bus's replay(run_id, lane_id, since_seq)
+            raise TypeError(
+                f"replay()'s third argument is kinds; pass since_seq by keyword: "
+                f"replay(run_id, lane_id, since_seq={kinds!r})"
+            )
         flt = make_filter(
             run_id=run_id, lane_id=lane_id, kinds=kinds, visibility=visibility
         )

@@ -293,7 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m purpose_bus")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a simulated agent run on the bus")
-    demo.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    demo.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="the event loop to run on (default: asyncio; trio needs the trio "
+        "extra: pip install 'purpose_bus[trio]')",
+    )
     demo.add_argument(
         "--serve",
         action="store_true",
@@ -305,6 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.serve and (args.host is not None or args.port is not None):
         demo.error("--host and --port go with --serve")
+    if args.backend == "trio" and not _has_trio():
+        print(
+            "error: --backend trio needs trio (pip install 'purpose_bus[trio]')",
+            file=sys.stderr,
+        )
+        return 1
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -315,6 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"purpose_bus demo on {args.backend}: two runs, three lanes each\n")
     print(format_table(rows))
     return 0
+
+
+def _has_trio() -> bool:
+    try:
+        import trio  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _serve(host: str, port: int, backend: str) -> int:

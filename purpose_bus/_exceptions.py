@@ -4,6 +4,9 @@ Each one also subclasses the built-in or AnyIO exception it means, so code that
 already catches ``ValueError`` or ``anyio.ClosedResourceError`` keeps working.
 AnyIO's own stream exceptions (``anyio.WouldBlock``, ``anyio.EndOfStream``) pass
 through unchanged and are not wrapped.
+
+Each class says it belongs to ``purpose_bus``, where users import it from, so a
+traceback reads ``purpose_bus.BusClosed``, not the private module's name.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import anyio
 class PurposeBusError(Exception):
     """The root of every exception defined by purpose_bus."""
 
+    __module__ = "purpose_bus"
+
 
 class BusClosed(PurposeBusError, anyio.ClosedResourceError):
     """Raised when emitting on a bus that is not open: before ``async with`` has
     entered it, or after it has closed; also raised in a publisher or a thread
     that was waiting for room when the bus closed."""
+
+    __module__ = "purpose_bus"
 
 
 class EventRejected(PurposeBusError, ValueError):
@@ -28,6 +35,8 @@ class EventRejected(PurposeBusError, ValueError):
     :ivar reason: the guard's reason, for logs and metrics
     """
 
+    __module__ = "purpose_bus"
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -36,3 +45,5 @@ class EventRejected(PurposeBusError, ValueError):
 class DecodeError(PurposeBusError, ValueError):
     """Raised by :func:`purpose_bus.decode` when its input is not a valid encoded
     event; the message says what was wrong with it."""
+
+    __module__ = "purpose_bus"

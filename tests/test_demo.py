@@ -3,6 +3,13 @@ and its table shows what the README promises."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import sys
+
+import anyio
+import httpx
 import pytest
 
 from purpose_bus._demo import DELTAS, LANES, STEPS, DemoRow, main, run_demo
@@ -80,3 +87,58 @@ class TestMain:
             main([])
         assert info.value.code == 2
         assert "demo" in capsys.readouterr().err
+
+    def test_backend_has_help(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as info:
+            main(["demo", "--help"])
+        assert info.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "the event loop to run on (default: asyncio; trio needs" in out
+
+    @pytest.mark.parametrize("serve", [[], ["--serve"]])
+    def test_trio_not_installed(
+        self,
+        serve: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        monkeypatch.setitem(sys.modules, "trio", None)  # not installed
+        assert main(["demo", "--backend", "trio", *serve]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == (
+            "error: --backend trio needs trio (pip install 'purpose_bus[trio]')\n"
+        )
+
+
+class TestServeStops:
+    async def test_ctrl_c_stops_at_once_while_a_viewer_streams(
+        self, anyio_backend_name: str
+    ) -> None:
+        # A viewer's open event stream must not hold the server up: Ctrl+C
+        # closes the bus, which ends every stream, then hypercorn stops.
+        command = [sys.executable, "-m", "purpose_bus", "demo", "--serve"]
+        command += ["--port", "0", "--backend", anyio_backend_name]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        async with await anyio.open_process(command, env=env) as process:
+            assert process.stdout is not None
+            with anyio.fail_after(20):
+                line = b""
+                while b"\n" not in line:
+                    line += await process.stdout.receive()
+            match = re.search(r"http://127\.0\.0\.1:\d+/", line.decode())
+            assert match is not None
+            async with (
+                httpx.AsyncClient(base_url=match.group(0), trust_env=False) as client,
+                client.stream("GET", "/events") as stream,
+            ):
+                lines = stream.aiter_lines()
+                with anyio.fail_after(20):
+                    assert (await anext(lines)).startswith("retry:")  # streaming
+                process.send_signal(signal.SIGINT)
+                with anyio.fail_after(5):  # the graceful timeout is 1 s
+                    async for _ in lines:  # the stream ends
+                        pass
+                    rest = b"".join([chunk async for chunk in process.stdout])
+                    assert await process.wait() == 0
+            assert rest.decode().strip().endswith("stopped")

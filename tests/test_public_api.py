@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import traceback
 import types
 from pathlib import Path
+
+import pytest
 
 import purpose_bus
 
@@ -68,6 +72,8 @@ class TestAll:
     def test_names_come_from_private_modules(self) -> None:
         for name in purpose_bus.__all__:
             value = getattr(purpose_bus, name)
+            if isinstance(value, type) and issubclass(value, BaseException):
+                continue  # they name the public module: TestExceptionNames
             if isinstance(value, (type, types.FunctionType)):  # not aliases, constants
                 assert value.__module__.startswith("purpose_bus._"), name
 
@@ -75,6 +81,114 @@ class TestAll:
         namespace: dict[str, object] = {}
         exec("from purpose_bus import *", namespace)
         assert set(namespace) - {"__builtins__"} == set(purpose_bus.__all__)
+
+
+EXCEPTIONS = sorted(
+    name
+    for name in purpose_bus.__all__
+    if isinstance(value := getattr(purpose_bus, name), type)
+    and issubclass(value, BaseException)
+)
+
+
+class TestExceptionNames:
+    """Tracebacks and reprs name ``purpose_bus``, where users import from."""
+
+    def test_every_exception_is_checked(self) -> None:
+        assert EXCEPTIONS == [
+            "BusClosed",
+            "DecodeError",
+            "EventRejected",
+            "PurposeBusError",
+        ]
+
+    @pytest.mark.parametrize("name", EXCEPTIONS)
+    def test_traceback_and_repr_name_the_public_module(self, name: str) -> None:
+        cls = getattr(purpose_bus, name)
+        assert cls.__module__ == "purpose_bus"
+        assert repr(cls) == f"<class 'purpose_bus.{name}'>"
+        line = traceback.format_exception_only(cls("what went wrong"))
+        assert line == [f"purpose_bus.{name}: what went wrong\n"]
+
+    def test_an_uncaught_exception_names_the_public_module(self) -> None:
+        code = "import purpose_bus; raise purpose_bus.BusClosed('the bus is closed')"
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1
+        last = result.stderr.strip().splitlines()[-1]
+        assert last == "purpose_bus.BusClosed: the bus is closed"
+
+
+def _imported_by_purpose_bus(
+    pythonpath: Path | None = None,
+) -> tuple[set[str], set[str]]:
+    """The top-level non-stdlib modules ``import purpose_bus`` loads in a fresh
+    interpreter, and those loaded before the program ran: what site hooks
+    (``sitecustomize``, ``usercustomize``, ``.pth`` files such as setuptools'
+    ``_distutils_hack``) imported, which are the interpreter's, not ours."""
+    code = (
+        "import json, sys\n"
+        "def top(): return {m.partition('.')[0] for m in sys.modules}"
+        " - set(sys.stdlib_module_names)\n"
+        "before = top()\n"
+        "import purpose_bus\n"
+        "print(json.dumps([sorted(top() - before - {'purpose_bus'}), sorted(before)]))"
+    )
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(pythonpath), *filter(None, [env.get("PYTHONPATH")])]
+        )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env=env,
+    )
+    imported, before = json.loads(result.stdout)
+    return set(imported), set(before)
+
+
+#: A user's program, type-checked against purpose_bus as installed.
+USER_PROGRAM = """\
+import anyio
+
+from purpose_bus import EventBus, MessageDelta, RunFinished
+
+
+async def main() -> None:
+    async with EventBus() as bus, bus.subscribe(run_id="r1", kinds=MessageDelta) as sub:
+        bus.emit(MessageDelta(run_id="r1", text="hello"))
+        bus.emit(RunFinished(run_id="r1"))
+        async for event in sub:
+            print(event.text.upper())
+
+
+anyio.run(main)
+"""
+
+
+class TestTypeCheckers:
+    def test_mypy_finds_the_installed_package(self, tmp_path: Path) -> None:
+        # Outside the repository, mypy sees only what is installed: with the
+        # README's `pip install -e .`, a plain .pth path entry (setuptools'
+        # default editable install is an import hook that mypy cannot follow,
+        # and reports import-not-found).
+        (tmp_path / "app.py").write_text(USER_PROGRAM)
+        command = [sys.executable, "-m", "mypy", "--strict", "app.py"]
+        result = subprocess.run(
+            [*command, "--cache-dir", os.devnull],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if k != "MYPYPATH"},
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("Success: no issues found in 1 source file")
 
 
 class TestImport:
@@ -96,27 +210,20 @@ class TestImport:
         assert json.loads(result.stdout) == []
 
     def test_import_needs_only_anyio_and_attrs(self) -> None:
-        code = (
-            "import json, sys; import purpose_bus; "
-            "print(json.dumps(sorted({m.partition('.')[0] for m in sys.modules}"
-            " - set(sys.stdlib_module_names))))"
-        )
-        result = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        third_party = {
-            name
-            for name in json.loads(result.stdout)
-            if not name.startswith("_") and name != "purpose_bus"
-        }
-        assert {"anyio", "attrs"} <= third_party
+        imported, hooks = _imported_by_purpose_bus()
+        assert {"anyio", "attrs"} <= imported
         # anyio and attrs, and what they import themselves
         allowed = {"anyio", "attr", "attrs", "sniffio", "idna", "typing_extensions"}
-        assert third_party <= allowed | {"exceptiongroup"}
+        assert imported <= allowed | {"exceptiongroup"}, f"site hooks: {hooks}"
+
+    def test_site_hooks_are_not_counted(self, tmp_path: Path) -> None:
+        # A sitecustomize (Debian's Python ships one) that imports a module of
+        # its own: loaded before the program runs, so not purpose_bus's import.
+        (tmp_path / "sitecustomize.py").write_text("import hook_helper\n")
+        (tmp_path / "hook_helper.py").write_text("")
+        imported, hooks = _imported_by_purpose_bus(pythonpath=tmp_path)
+        assert {"sitecustomize", "hook_helper"} <= hooks
+        assert imported == _imported_by_purpose_bus()[0]
 
     def test_no_pickle_in_the_package(self) -> None:
         package = Path(purpose_bus.__file__).parent

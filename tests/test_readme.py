@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,19 @@ def test_readme_example_output() -> None:
         "2 message.delta 2",
         "3 run.finished 3",
     ]
+
+
+def test_supported_versions_agree() -> None:
+    # README, the classifiers and requires-python name the same versions.
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    prefix = "Programming Language :: Python :: "
+    classified = [
+        c.removeprefix(prefix)
+        for c in project["classifiers"]
+        if re.fullmatch(re.escape(prefix) + r"3\.\d+", c)
+    ]
+    text = " ".join(README.read_text().split())
+    match = re.search(r"with CPython ((?:3\.\d+, )*3\.\d+ or 3\.\d+) \(", text)
+    assert match is not None
+    assert re.findall(r"3\.\d+", match.group(1)) == classified
+    assert project["requires-python"] == f">={classified[0]}"

@@ -834,3 +834,18 @@ class TestNothingLeftToReplay:
                 emit_many(bus, 10)
                 assert offsets(drain(sub)) == list(range(4, 14))
                 assert sub.statistics().dropped == 0
+
+
+class TestOldBusReplayCall:
+    async def test_a_positional_since_seq_says_to_pass_it_by_keyword(self) -> None:
+        # The old bus's replay(run_id, lane_id, since_seq): here the third
+        # positional argument is kinds.
+        async with EventBus() as bus:
+            bus.emit(MessageDelta(run_id="r1", lane_id="a", text="x"))
+            with pytest.raises(TypeError) as info:
+                bus.replay("r1", "a", 1)  # type: ignore[arg-type]
+            assert str(info.value) == (
+                "replay()'s third argument is kinds; pass since_seq by keyword: "
+                "replay(run_id, lane_id, since_seq=1)"
+            )
+            assert bus.replay("r1", "a", since_seq=0) != []
