@@ -54,9 +54,9 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ._bus import EventBus
 from ._codec import encode
-from ._hosts import HostCheck, allowed_set
 from ._events import Event, EventsDropped, Visibility, registered_kinds
 from ._exceptions import BusClosed
+from ._hosts import HostCheck, allowed_set
 from ._overflow import Overflow
 from ._subscription import Subscription
 
