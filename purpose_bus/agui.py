@@ -40,7 +40,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -776,10 +783,13 @@ class _Endpoints:
         if length.isdigit() and int(length) > self.max_body:
             raise _BadRequest(413, f"the body is larger than {self.max_body} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_body:
-                raise _BadRequest(413, f"the body is larger than {self.max_body} bytes")
+        async with aclosing(request.stream()) as chunks:  # closed if we stop early
+            async for chunk in chunks:
+                body += chunk
+                if len(body) > self.max_body:
+                    raise _BadRequest(
+                        413, f"the body is larger than {self.max_body} bytes"
+                    )
         return bytes(body)
 
     def _check_new(self, run_id: str) -> None:
