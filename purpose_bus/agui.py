@@ -670,8 +670,10 @@ def create_app(
     no viewer waits forever; the exception itself is logged, never streamed.
 
     ``GET {path}/runs/{run_id}`` resumes after ``Last-Event-ID`` (wins) or
-    ``?after=``; the cursor is an offset of *this* bus (see the README on
-    replicas).
+    ``?after=``. A cursor is an offset of *this* bus: one of the run's events
+    (or 0, or older than what history still holds of the run). Behind several
+    replicas, resume on the replica that issued the cursor; any replica serves
+    a join without one (see the README).
 
     Every stream is one subscription at ``PUBLIC`` visibility dropping its
     oldest events when its buffer (*buffer_size*, default the bus's) is full;
@@ -682,7 +684,8 @@ def create_app(
     Answers, never a 500 for bad input: ``400`` for a body that is not a
     ``RunAgentInput`` (or a run id over 512 characters), a bad cursor (not
     decimal digits, over 2**63-1, or beyond this bus's newest offset) or a bad
-    query parameter; ``400`` for a ``Host`` not on *allowed_hosts* (default:
+    query parameter, or a cursor that names no event of the run here;
+    ``400`` for a ``Host`` not on *allowed_hosts* (default:
     the loopback names and the address the server is bound to); ``404`` for a
     run history does not hold; ``405`` for ``POST`` without *start_run*;
     ``409`` for a ``POST`` of a run id the bus already has; ``413`` for a body
@@ -826,10 +829,20 @@ class _Endpoints:
                 f"(a cursor from another server?)",
             )
         translator = Translator(run_id)
+        # A cursor this server issued is the offset of one of the run's events
+        # (unless history has evicted it): anything else is refused, not guessed.
+        known = after == 0 or after < history[0].offset
         for event in history:
             if event.offset > after:
                 break
             translator.advance(event)
+            known = known or event.offset == after
+        if not known:
+            raise _BadRequest(
+                400,
+                f"cursor {after} is not an event of run {_short(run_id)} on this "
+                f"server (a cursor from another replica?); join without one",
+            )
         return translator, translator.reopen()
 
     def _start(self, run_input: RunAgentInput) -> None:

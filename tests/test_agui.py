@@ -762,6 +762,7 @@ class TestGet:
             ({}, {"Last-Event-ID": "x"}, "Last-Event-ID must be"),
             ({"after": "1000000"}, {}, "beyond this server's newest offset"),
             ({"run_id": "x"}, {}, "unknown query parameter"),
+            ({"after": "2"}, {}, "is not an event of run 'run-1' on this server"),
         ],
     )
     async def test_bad_cursors(
@@ -769,6 +770,8 @@ class TestGet:
     ) -> None:
         async with agui_server() as (client, bus, _):
             bus.emit(RunStarted(run_id=RUN))
+            bus.emit(Log(run_id="other", message="offset 2"))
+            bus.emit(Log(run_id=RUN, message="offset 3"))
             response = await client.get(
                 f"/agui/runs/{RUN}", params=params, headers=headers
             )
