@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from bisect import bisect_right
 from collections.abc import (
     Awaitable,
     Callable,
@@ -227,12 +228,33 @@ class Translator:
         self._feed(event)
         return out
 
-    def advance(self, event: Event) -> None:
-        """Take *event* into account without making AG-UI events (to rebuild the
-        state at a cursor quickly, for :meth:`reopen`)."""
+    def advance(self, events: Iterable[Event]) -> None:
+        """Take *events* into account without making AG-UI events (to rebuild
+        the state at a cursor quickly, for :meth:`reopen`); the state is then
+        what :meth:`translate` on each of them would have left.
+
+        :raises ValueError: if an event belongs to another run
+        """
         self._emit = False
-        self._feed(event)
-        self._emit = True
+        lanes, run_id = self._lanes, self.run_id
+        try:
+            for event in events:
+                # The common case, inlined: a delta of an open lane of this run
+                # changes at most which message is open (the rest is _delta's).
+                if type(event) is MessageDelta and event.run_id == run_id:
+                    lane = lanes.get(event.lane_id)
+                    if (
+                        lane is not None
+                        and self.started
+                        and not self.finished
+                        and (lane.subagent is not None or lane.lane_id == MAIN_LANE)
+                    ):
+                        if event.text and lane.message is None:
+                            lane.message = _key(run_id, lane.lane_id, event.seq)
+                        continue
+                self._feed(event)
+        finally:
+            self._emit = True
 
     def reopen(self) -> list[BaseEvent]:
         """The join prelude at this point: ``RUN_STARTED`` (if the run has
@@ -248,7 +270,7 @@ class Translator:
                 out.append(self._subagent_started(lane))
             for step in lane.steps:
                 out.append(
-                    StepStartedEvent.model_construct(
+                    StepStartedEvent(
                         step_name=step.shown, subagent_run_id=lane.subagent
                     )
                 )
@@ -317,7 +339,7 @@ class Translator:
             self._put(self._run_started(event))
 
     def _run_started(self, event: Event | None = None) -> RunStartedEvent:
-        return RunStartedEvent.model_construct(
+        return RunStartedEvent(
             thread_id=self.thread_id,
             run_id=self.run_id,
             timestamp=None if event is None else _millis(event),
@@ -328,11 +350,7 @@ class Translator:
             for lane in self._lanes.values():
                 self._close_message(lane)
             if self._emit:
-                self._put(
-                    RunErrorEvent.model_construct(
-                        message=event.error, timestamp=_millis(event)
-                    )
-                )
+                self._put(RunErrorEvent(message=event.error, timestamp=_millis(event)))
         else:
             self._close_all()
             if self._emit:
@@ -341,14 +359,14 @@ class Translator:
 
     def _run_finished(self, event: Event) -> RunFinishedEvent:
         if isinstance(event, RunCancelled):
-            return RunFinishedEvent.model_construct(
+            return RunFinishedEvent(
                 thread_id=self.thread_id,
                 run_id=self.run_id,
                 outcome=RunFinishedCancelledOutcome(),
                 metadata={"reason": event.reason} if event.reason else None,
                 timestamp=_millis(event),
             )
-        return RunFinishedEvent.model_construct(
+        return RunFinishedEvent(
             thread_id=self.thread_id, run_id=self.run_id, timestamp=_millis(event)
         )
 
@@ -371,7 +389,7 @@ class Translator:
                 "first_offset": event.first_offset,
                 "last_offset": event.last_offset,
             }
-            self._put(CustomEvent.model_construct(name=event.kind, value=value))
+            self._put(CustomEvent(name=event.kind, value=value))
 
     # -- lanes, steps, messages ----------------------------------------------------
 
@@ -390,16 +408,12 @@ class Translator:
         lane.calls.clear()
         if lane.subagent is not None:
             if self._emit:
-                self._put(
-                    SubagentFinishedEvent.model_construct(subagent_run_id=lane.subagent)
-                )
+                self._put(SubagentFinishedEvent(subagent_run_id=lane.subagent))
             lane.subagent = None
 
     def _subagent_started(self, lane: _Lane) -> SubagentStartedEvent:
         assert lane.subagent is not None
-        return SubagentStartedEvent.model_construct(
-            subagent_run_id=lane.subagent, name=lane.lane_id
-        )
+        return SubagentStartedEvent(subagent_run_id=lane.subagent, name=lane.lane_id)
 
     def _step_started(self, lane: _Lane, event: Event) -> None:
         assert isinstance(event, StepStarted)
@@ -411,7 +425,7 @@ class Translator:
         lane.steps.append(_Step(event.name, shown))
         if self._emit:
             self._put(
-                StepStartedEvent.model_construct(
+                StepStartedEvent(
                     step_name=shown,
                     subagent_run_id=lane.subagent,
                     timestamp=_millis(event),
@@ -419,9 +433,7 @@ class Translator:
             )
 
     def _step_finished(self, lane: _Lane, step: _Step) -> StepFinishedEvent:
-        return StepFinishedEvent.model_construct(
-            step_name=step.shown, subagent_run_id=lane.subagent
-        )
+        return StepFinishedEvent(step_name=step.shown, subagent_run_id=lane.subagent)
 
     def _step_finish(self, lane: _Lane, event: Event) -> None:
         assert isinstance(event, StepFinished)
@@ -434,7 +446,9 @@ class Translator:
         self._custom(lane, event)  # no such step is open
 
     def _delta(self, event: MessageDelta) -> None:
-        lane = self._lane(event)
+        lane = self._lanes.get(event.lane_id)
+        if lane is None or (lane.subagent is None and lane.lane_id != MAIN_LANE):
+            lane = self._lane(event)
         if not event.text:
             return  # an empty delta neither opens nor closes a message
         if lane.message is None:
@@ -443,7 +457,7 @@ class Translator:
                 self._put(self._message_start(lane, lane.message))
         if self._emit:
             self._put(
-                TextMessageContentEvent.model_construct(
+                TextMessageContentEvent(
                     message_id=lane.message,
                     delta=event.text,
                     subagent_run_id=lane.subagent,
@@ -451,7 +465,7 @@ class Translator:
             )
 
     def _message_start(self, lane: _Lane, message_id: str) -> TextMessageStartEvent:
-        return TextMessageStartEvent.model_construct(
+        return TextMessageStartEvent(
             message_id=message_id, role="assistant", subagent_run_id=lane.subagent
         )
 
@@ -460,7 +474,7 @@ class Translator:
             return
         if self._emit:
             self._put(
-                TextMessageEndEvent.model_construct(
+                TextMessageEndEvent(
                     message_id=lane.message, subagent_run_id=lane.subagent
                 )
             )
@@ -480,7 +494,7 @@ class Translator:
             return
         subagent = lane.subagent
         self._put(
-            ToolCallStartEvent.model_construct(
+            ToolCallStartEvent(
                 tool_call_id=call_id,
                 tool_call_name=event.name,
                 subagent_run_id=subagent,
@@ -489,15 +503,11 @@ class Translator:
         )
         arguments = json.dumps(_plain(event.arguments), ensure_ascii=False)
         self._put(
-            ToolCallArgsEvent.model_construct(
+            ToolCallArgsEvent(
                 tool_call_id=call_id, delta=arguments, subagent_run_id=subagent
             )
         )
-        self._put(
-            ToolCallEndEvent.model_construct(
-                tool_call_id=call_id, subagent_run_id=subagent
-            )
-        )
+        self._put(ToolCallEndEvent(tool_call_id=call_id, subagent_run_id=subagent))
 
     def _tool_result(self, lane: _Lane, event: Event) -> None:
         assert isinstance(event, ToolResult)
@@ -514,7 +524,7 @@ class Translator:
             else json.dumps(_plain(result), ensure_ascii=False)
         )
         self._put(
-            ToolCallResultEvent.model_construct(
+            ToolCallResultEvent(
                 message_id=_key(self.run_id, lane.lane_id, event.seq),
                 tool_call_id=call_id,
                 content=content,
@@ -544,38 +554,28 @@ class Translator:
             return
         message_id = _key(self.run_id, lane.lane_id, event.seq)
         subagent = lane.subagent
+        self._put(ReasoningStartEvent(message_id=message_id, subagent_run_id=subagent))
         self._put(
-            ReasoningStartEvent.model_construct(
-                message_id=message_id, subagent_run_id=subagent
-            )
-        )
-        self._put(
-            ReasoningMessageStartEvent.model_construct(
+            ReasoningMessageStartEvent(
                 message_id=message_id, role="reasoning", subagent_run_id=subagent
             )
         )
         if event.summary:
             self._put(
-                ReasoningMessageContentEvent.model_construct(
+                ReasoningMessageContentEvent(
                     message_id=message_id, delta=event.summary, subagent_run_id=subagent
                 )
             )
         self._put(
-            ReasoningMessageEndEvent.model_construct(
-                message_id=message_id, subagent_run_id=subagent
-            )
+            ReasoningMessageEndEvent(message_id=message_id, subagent_run_id=subagent)
         )
-        self._put(
-            ReasoningEndEvent.model_construct(
-                message_id=message_id, subagent_run_id=subagent
-            )
-        )
+        self._put(ReasoningEndEvent(message_id=message_id, subagent_run_id=subagent))
 
     def _custom(self, lane: _Lane, event: Event) -> None:
         if not self._emit:
             return
         self._put(
-            CustomEvent.model_construct(
+            CustomEvent(
                 name=event.kind,
                 value=custom_value(event),
                 subagent_run_id=lane.subagent,
@@ -829,15 +829,12 @@ class _Endpoints:
                 f"(a cursor from another server?)",
             )
         translator = Translator(run_id)
+        cut = bisect_right(history, after, key=_offset_of)
+        translator.advance(history[:cut])
         # A cursor this server issued is the offset of one of the run's events
         # (unless history has evicted it): anything else is refused, not guessed.
         known = after == 0 or after < history[0].offset
-        for event in history:
-            if event.offset > after:
-                break
-            translator.advance(event)
-            known = known or event.offset == after
-        if not known:
+        if not (known or history[cut - 1].offset == after):
             raise _BadRequest(
                 400,
                 f"cursor {after} is not an event of run {_short(run_id)} on this "
@@ -874,6 +871,10 @@ async def _run_detached(
             bus.emit(RunError(run_id=run_id, error=error))
         except BusClosed:
             pass
+
+
+def _offset_of(event: Event) -> int:
+    return event.offset
 
 
 def _run_input(body: bytes) -> RunAgentInput:

@@ -340,16 +340,17 @@ class TestTranslator:
     def test_reopen(self) -> None:
         translator = Translator(RUN)
         assert translator.reopen() == []
-        for event in stamped(
-            [
-                RunStarted(run_id=RUN, payload={"thread_id": "t"}),
-                StepStarted(run_id=RUN, name="outer"),
-                MessageDelta(run_id=RUN, lane_id="w", text="x"),
-                StepStarted(run_id=RUN, lane_id="w", name="inner"),
-                MessageDelta(run_id=RUN, lane_id="w", text="y"),
-            ]
-        ):
-            translator.advance(event)
+        translator.advance(
+            stamped(
+                [
+                    RunStarted(run_id=RUN, payload={"thread_id": "t"}),
+                    StepStarted(run_id=RUN, name="outer"),
+                    MessageDelta(run_id=RUN, lane_id="w", text="x"),
+                    StepStarted(run_id=RUN, lane_id="w", name="inner"),
+                    MessageDelta(run_id=RUN, lane_id="w", text="y"),
+                ]
+            )
+        )
         prelude = wire(translator.reopen())
         assert [(e["type"], e.get("subagentRunId")) for e in prelude] == [
             ("RUN_STARTED", None),
@@ -361,7 +362,7 @@ class TestTranslator:
         assert prelude[0]["threadId"] == "t"
         assert prelude[-1]["messageId"] == "run-1:w:3"
         assert wire(translator.reopen()) == prelude  # the state is unchanged
-        translator.advance(stamped([RunFinished(run_id=RUN)])[0])
+        translator.advance(stamped([RunFinished(run_id=RUN)]))
         assert translator.reopen() == []
 
 
@@ -395,8 +396,7 @@ async def test_translation_property(anyio_backend: str, run: list[Event]) -> Non
         for cursor in [0, *(event.offset for event in bus.replay())]:
             before = [event for event in history if event.offset <= cursor]
             translator = Translator(RUN)
-            for event in before:
-                translator.advance(event)
+            translator.advance(before)
             joined = wire(translator.reopen()) + wire(
                 e
                 for event in history[len(before) :]
