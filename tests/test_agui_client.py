@@ -1,7 +1,8 @@
 """The official AG-UI TypeScript client (``@ag-ui/client``, pinned in
 ``tests/package.json``) against ``python -m purpose_bus demo --serve``'s
 ``/agui``: ``HttpAgent.runAgent()``, a dropped stream resumed with
-``Last-Event-ID``, two viewers of one run, and a client that aborts.
+``Last-Event-ID``, two viewers of one run, and a client that aborts; and the
+README's AG-UI example, served, with ``HttpAgent`` as its client.
 
 Needs Node and ``npm ci --prefix tests``; skipped (with the reason) without
 them, except when ``PURPOSE_BUS_REQUIRE_NODE=1`` (CI), where that fails.
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -22,6 +25,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from purpose_bus._demo import serve_demo
 
@@ -132,3 +136,40 @@ async def test_a_client_disconnect_leaves_the_run_finishing() -> None:
         types = await sse_types(f"{url}/runs/run-d")  # waits for the end
     assert types[-1] == "RUN_FINISHED"
     assert types.count("TEXT_MESSAGE_END") == 9
+
+
+README = TESTS.parent / "README.md"
+
+
+def readme_agui_example() -> str:
+    """The README's AG-UI server example, on a free port."""
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (block,) = [b for b in blocks if "from purpose_bus.agui import" in b]
+    assert "await tg.start(serve, app)" in block
+    return block.replace(
+        "await tg.start(serve, app)", "await tg.start(partial(serve, app, port=0))"
+    ).replace("import anyio\n", "import anyio\nfrom functools import partial\n", 1)
+
+
+async def test_the_readme_example(anyio_backend_name: str) -> None:
+    _node()
+    code = readme_agui_example()
+    if anyio_backend_name == "trio":
+        code = code.replace("anyio.run(main)", 'anyio.run(main, backend="trio")')
+    command = [sys.executable, "-c", code]
+    async with await anyio.open_process(command) as process:
+        assert process.stdout is not None
+        try:
+            with anyio.fail_after(30):
+                line = await BufferedByteReceiveStream(process.stdout).receive_until(
+                    b"\n", 1 << 16
+                )
+            url = line.decode().removeprefix("AG-UI at ").strip()
+            result = await client("run", url, "t1", "r2")
+            assert [m.get("content") for m in result["newMessages"]] == [
+                "Hello from purpose_bus"
+            ]
+        finally:
+            process.kill()
+            with anyio.CancelScope(shield=True):
+                await process.wait()
