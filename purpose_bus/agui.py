@@ -891,8 +891,9 @@ def _run_input(body: bytes) -> RunAgentInput:
 
 
 def _check_run_id(run_id: str) -> None:
-    if not run_id or len(run_id) > _MAX_NAME:
-        raise _BadRequest(400, f"a run id has 1 to {_MAX_NAME} characters")
+    # Printable: a line break could not be matched in GET .../runs/{run_id}.
+    if not (0 < len(run_id) <= _MAX_NAME and run_id.isprintable()):
+        raise _BadRequest(400, f"a run id has 1 to {_MAX_NAME} printable characters")
 
 
 def _cursor(request: Request) -> int:
@@ -982,6 +983,9 @@ class _AguiStream(Response):
         await send(
             {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
         )
+        if scope["method"] == "HEAD":  # the headers only: no stream to hold open
+            await send({"type": "http.response.body", "body": b""})
+            return
         prelude = self._framer.frames(self._prelude, None)
         await _send_body(send, b": purpose_bus agui\n\n" + prelude)
         async with anyio.create_task_group() as task_group:

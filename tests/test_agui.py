@@ -585,6 +585,14 @@ class TestPost:
                 "a run id has 1 to 512",
             ),
             (json.dumps(body("r" * 600)).encode(), "a run id has 1 to 512"),
+            (json.dumps(body("a\nb")).encode(), "printable characters"),
+            (
+                b'{"threadId": "t", "runId": "r", "messages": [], "state": '
+                + b"[" * 100_000
+                + b"]" * 100_000
+                + b"}",
+                "recursion limit exceeded",
+            ),
             (b'{"threadId":"t","runId":"r","messages":[{"role":"x"}]}', "messages"),
             (b"\xff\xfe", "the body is not a RunAgentInput"),
         ],
@@ -794,6 +802,21 @@ class TestGet:
             )
             assert (await client.get("/agui/runs/")).status_code == 400
             assert (await client.delete("/agui/runs/x")).status_code == 405
+
+    async def test_head(self) -> None:
+        async with agui_server() as (client, bus, script):
+            async with client.stream("POST", "/agui", json=body()) as response:
+                await script.halfway.wait()
+                # The run is live: HEAD answers at once and holds nothing.
+                head = await client.head(f"/agui/runs/{RUN}")
+                assert head.status_code == 200
+                assert head.headers["content-type"].startswith("text/event-stream")
+                with anyio.fail_after(10):
+                    while len(agui_subscriptions(bus)) > 1:  # the POST's is left
+                        await anyio.wait_all_tasks_blocked()
+                script.gate.set()
+                await read(response)
+            await released(bus)
 
     async def test_a_run_id_with_slashes(self) -> None:
         async with agui_server() as (client, _bus, script):
