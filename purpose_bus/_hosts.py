@@ -103,9 +103,8 @@ def allowed_set(allowed_hosts: Iterable[str] | None) -> frozenset[str] | None:
 class HostCheck:
     """ASGI middleware: an HTTP request whose ``Host`` header is missing, given
     more than once, malformed, or not on the allow-list gets ``400 Bad Request``
-    with a plain-text reason, and never reaches *app*. Other scopes (lifespan,
-    websocket handshakes are HTTP too but carry ``Host`` the same way) are
-    checked alike when they have headers.
+    with a plain-text reason, and never reaches *app*. Other scopes (lifespan)
+    pass through; the package serves no websockets.
 
     The default allow-list is :data:`LOOPBACK_HOSTS` plus the address the
     request reached the server on (the ASGI ``server`` of the scope: the address
@@ -120,10 +119,10 @@ class HostCheck:
         self.allowed = allowed_set(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
+        if scope["type"] == "http":
             reason = self._refusal(scope)
             if reason is not None:
-                await _bad_request(scope, send, reason)
+                await _bad_request(send, reason)
                 return
         await self.app(scope, receive, send)
 
@@ -158,10 +157,7 @@ class HostCheck:
         return LOOPBACK_HOSTS | {bound} if bound else LOOPBACK_HOSTS
 
 
-async def _bad_request(scope: Scope, send: Send, reason: str) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
+async def _bad_request(send: Send, reason: str) -> None:
     body = f"bad request: {reason}\n".encode()
     await send(
         {

@@ -191,8 +191,9 @@ class _Lane:
 class Translator:
     """Translates the PUBLIC events of one run, fed in offset order, into AG-UI
     1.0 events (``ag_ui.core`` models). Deterministic: the same events give the
-    same AG-UI events, ids included. Synchronous and cheap; it holds only what
-    is open (lanes, steps, messages, unanswered tool calls).
+    same AG-UI events, ids included. Synchronous and cheap; it holds what is
+    open (lanes, steps, messages, unanswered tool calls) and the ids of the
+    run's tool calls (so a result can name its call).
 
     The output always obeys the AG-UI ordering rules (what the official
     client's ``verifyEvents`` checks): ``RUN_STARTED`` first (made up, with the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -31,6 +32,7 @@ from hypercorn.config import Config
 from hypothesis import given
 from starlette.types import Message, Receive, Scope, Send
 
+import purpose_bus
 from purpose_bus import (
     Event,
     EventBus,
@@ -852,6 +854,36 @@ class TestGet:
 # -- many viewers, and clients that go away, at the ASGI level ------------------
 
 
+class StaysConnected:
+    """An ASGI ``receive``: the request, then nothing (the client stays)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    async def __call__(self) -> Message:
+        if self.requested:
+            await anyio.sleep_forever()
+        self.requested = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def get_scope(path: str) -> Scope:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"127.0.0.1")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
 async def call_app(
     app: ASGIApp, path: str, *, disconnect: anyio.Event | None = None
 ) -> tuple[int, bytes]:
@@ -933,6 +965,62 @@ class TestViewers:
             assert status == 200
             assert agui_subscriptions(bus) == []
 
+    async def test_a_heartbeat_in_silence(self) -> None:
+        async with EventBus() as bus:
+            app = create_app(bus, heartbeat=0.01)
+            bus.emit(RunStarted(run_id=RUN))
+            chunks: list[bytes] = []
+
+            async def send(message: Message) -> None:
+                chunks.append(message.get("body", b""))
+                if b": heartbeat\n\n" in chunks[-1]:
+                    bus.emit(RunFinished(run_id=RUN))
+
+            with anyio.fail_after(10):
+                await app(get_scope(f"/agui/runs/{RUN}"), StaysConnected(), send)
+            content = b"".join(chunks)
+            assert b": heartbeat\n\n" in content
+            assert b"RUN_FINISHED" in content
+
+    async def test_a_slow_viewer_is_told_what_it_lost(self) -> None:
+        async with EventBus() as bus:
+            app = create_app(bus, buffer_size=2)
+            bus.emit(RunStarted(run_id=RUN))
+            result: list[tuple[int, bytes]] = []
+
+            async def view() -> None:
+                result.append(await call_app(app, f"/agui/runs/{RUN}"))
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(view)
+                await anyio.wait_all_tasks_blocked()
+                for index in range(10):  # all at once: the viewer cannot keep up
+                    bus.emit(MessageDelta(run_id=RUN, text=f"{index} "))
+                bus.emit(RunFinished(run_id=RUN))
+            events = events_of(parse_frames(result[0][1].decode()))
+            check_order(events)
+            notices = [e for e in events if e["type"] == "CUSTOM"]
+            assert [n["name"] for n in notices] == ["events.dropped"]
+            assert notices[0]["value"]["count"] >= 8
+
+    async def test_streams_end_when_the_bus_closes(self) -> None:
+        bus = EventBus()
+        async with bus:
+            app = create_app(bus)
+            bus.emit(RunStarted(run_id=RUN))
+            result: list[tuple[int, bytes]] = []
+
+            async def view() -> None:
+                result.append(await call_app(app, f"/agui/runs/{RUN}"))
+
+            async with anyio.create_task_group() as task_group:
+                task_group.start_soon(view)
+                await anyio.wait_all_tasks_blocked()
+                await bus.aclose()
+        status, content = result[0]
+        assert status == 200
+        assert types(events_of(parse_frames(content.decode()))) == ["RUN_STARTED"]
+
     async def test_the_bus_closed(self) -> None:
         bus = EventBus()
         async with bus:
@@ -940,11 +1028,41 @@ class TestViewers:
         status, content = await call_app(create_app(bus), f"/agui/runs/{RUN}")
         assert (status, content) == (503, b"the bus is closed\n")
 
+    async def test_post_to_a_closed_bus(self) -> None:
+        async with anyio.create_task_group() as runs:
+            bus = EventBus()
+            async with bus:
+                pass
+            app = create_app(bus, start_run=Script(bus), task_group=runs)
+            async with running(app) as client:
+                response = await client.post("/agui", json=body())
+            assert (response.status_code, response.text) == (
+                503,
+                "the bus is closed\n",
+            )
+
 
 # -- python -m purpose_bus demo --serve ------------------------------------------------
 
 
 class TestDemo:
+    async def test_without_the_agui_extra(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setitem(sys.modules, "purpose_bus.agui", None)  # not importable
+        monkeypatch.delattr(purpose_bus, "agui")
+        stop = anyio.Event()
+        async with anyio.create_task_group() as task_group:
+            host, port = await task_group.start(
+                partial(serve_demo, port=0, stop=stop.wait, pace=0, rounds=0)
+            )
+            async with httpx.AsyncClient(
+                base_url=f"http://{host}:{port}", trust_env=False
+            ) as http:
+                assert (await http.post("/agui", json=body())).status_code == 404
+                assert (await http.get("/kinds")).status_code == 200  # the live view
+            stop.set()
+
     async def test_post_starts_a_demo_run(self) -> None:
         stop = anyio.Event()
         async with anyio.create_task_group() as task_group:
