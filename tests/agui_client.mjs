@@ -7,6 +7,8 @@
 //   node agui_client.mjs resume URL RUN_ID FRAMES      (drop after FRAMES events)
 //   node agui_client.mjs viewers URL RUN_ID COUNT
 //   node agui_client.mjs abort URL RUN_ID
+//   node agui_client.mjs verify FILE      (a JSON list of event lists)
+import { readFile } from "node:fs/promises";
 import { AbstractAgent, HttpAgent, verifyEvents } from "@ag-ui/client";
 import { from, lastValueFrom, toArray } from "rxjs";
 
@@ -129,7 +131,21 @@ async function abort(url, runId) {
   return { seen };
 }
 
-const scenarios = { run, resume, viewers, abort };
+/** verifyEvents over each stream in FILE: how many passed, and each error. */
+async function verify(file) {
+  const streams = JSON.parse(await readFile(file, "utf8"));
+  const errors = [];
+  for (const [index, stream] of streams.entries()) {
+    try {
+      await lastValueFrom(verifyEvents(false)(from(stream)).pipe(toArray()));
+    } catch (error) {
+      errors.push({ index, message: String(error?.message ?? error) });
+    }
+  }
+  return { checked: streams.length, errors };
+}
+
+const scenarios = { run, resume, viewers, abort, verify };
 const [name, ...args] = process.argv.slice(2);
 try {
   const result = await scenarios[name](...args);

@@ -17,6 +17,11 @@ from ag_ui.core import Event as AguiEvent
 from ag_ui.encoder import EventEncoder
 from pydantic import TypeAdapter
 
+from purpose_bus import Event
+from purpose_bus.agui import Translator
+
+#: The run the tests translate.
+RUN = "run-1"
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(AguiEvent)
 _ENCODER = EventEncoder()
 
@@ -175,3 +180,18 @@ class Conversation:
                 "content": event["content"],
                 "toolCallId": event["toolCallId"],
             }
+
+
+def translate(events: list[Event], run_id: str = RUN) -> list[dict[str, Any]]:
+    translator = Translator(run_id)
+    return wire(e for event in events for e in translator.translate(event))
+
+
+def stamped(events: list[Event]) -> list[Event]:
+    """*events* with seq and offset as a bus would stamp them."""
+    seqs: dict[str, int] = {}
+    out = []
+    for offset, event in enumerate(events, 1):
+        seq = seqs[event.lane_id] = seqs.get(event.lane_id, 0) + 1
+        out.append(attrs.evolve(event, seq=seq, offset=offset))
+    return out

@@ -20,10 +20,13 @@ import httpx
 import pytest
 from ag_ui.core import RunAgentInput
 from agui_helpers import (
+    RUN,
     Conversation,
     Frame,
     check_order,
     parse_frames,
+    stamped,
+    translate,
     validated,
     wire,
 )
@@ -57,7 +60,6 @@ from purpose_bus.agui import Translator, create_app, run_started
 from purpose_bus.web import serve
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-RUN = "run-1"
 
 
 @attrs.frozen(kw_only=True)
@@ -68,21 +70,6 @@ class Audit(Event):
 
     who: str
     tags: tuple[str, ...] = ()
-
-
-def translate(events: list[Event], run_id: str = RUN) -> list[dict[str, Any]]:
-    translator = Translator(run_id)
-    return wire(e for event in events for e in translator.translate(event))
-
-
-def stamped(events: list[Event]) -> list[Event]:
-    """*events* with seq and offset as a bus would stamp them."""
-    seqs: dict[str, int] = {}
-    out = []
-    for offset, event in enumerate(events, 1):
-        seq = seqs[event.lane_id] = seqs.get(event.lane_id, 0) + 1
-        out.append(attrs.evolve(event, seq=seq, offset=offset))
-    return out
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:

@@ -25,9 +25,15 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from agui_helpers import RUN, stamped, translate, wire
+from agui_strategies import agent_runs
 from anyio.streams.buffered import BufferedByteReceiveStream
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from purpose_bus import Event
 from purpose_bus._demo import serve_demo
+from purpose_bus.agui import Translator
 
 TESTS = Path(__file__).parent
 DRIVER = TESTS / "agui_client.mjs"
@@ -136,6 +142,32 @@ async def test_a_client_disconnect_leaves_the_run_finishing() -> None:
         types = await sse_types(f"{url}/runs/run-d")  # waits for the end
     assert types[-1] == "RUN_FINISHED"
     assert types.count("TEXT_MESSAGE_END") == 9
+
+
+@settings(max_examples=3, deadline=None)
+@given(runs=st.lists(agent_runs(), min_size=15, max_size=15))
+def test_verify_events_accepts_every_stream_and_join(
+    runs: list[list[Event]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The official verifyEvents over generated runs: the whole stream of each,
+    and prelude + rest at every cursor (the Python checker's rules, checked
+    against the client's own)."""
+    streams = []
+    for run in runs:
+        events = stamped(run)
+        streams.append(translate(events))
+        for cut in range(1, len(events)):
+            translator = Translator(RUN)
+            translator.advance(events[:cut])
+            joined = wire(translator.reopen()) + wire(
+                e for event in events[cut:] for e in translator.translate(event)
+            )
+            if joined:
+                streams.append(joined)
+    path = tmp_path_factory.mktemp("verify") / "streams.json"
+    path.write_text(json.dumps(streams))
+    result = anyio.run(client, "verify", str(path))
+    assert result == {"checked": len(streams), "errors": []}
 
 
 README = TESTS.parent / "README.md"
