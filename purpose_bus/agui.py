@@ -669,6 +669,8 @@ def create_app(
     terminal event, the application emits a :class:`~purpose_bus.RunError`
     (``"the run starter failed"`` / ``"... returned before the run ended"``) so
     no viewer waits forever; the exception itself is logged, never streamed.
+    A starter cancelled with *task_group* (the server shutting down) leaves a
+    :class:`~purpose_bus.RunCancelled` instead.
 
     ``GET {path}/runs/{run_id}`` resumes after ``Last-Event-ID`` (wins) or
     ``?after=``. A cursor is an offset of *this* bus: one of the run's events
@@ -853,25 +855,36 @@ class _Endpoints:
 async def _run_detached(
     bus: EventBus, start_run: RunStarter, run_input: RunAgentInput, starting: set[str]
 ) -> None:
-    """Runs the starter; if it ends before the run did, ends the run."""
+    """Runs the starter; if it ends before the run did, ends the run: with
+    ``RunError`` if it returned or raised, ``RunCancelled`` if it was cancelled
+    (the task group shutting down), so no viewer waits for an end that never
+    comes."""
     run_id = run_input.run_id
-    error = "the run starter returned before the run ended"
     try:
         await start_run(run_input)
+    except anyio.get_cancelled_exc_class():
+        _end(bus, RunCancelled(run_id=run_id, reason="the server stopped the run"))
+        raise
     except Exception:
         logger.exception("the run starter failed for run %r", run_id)
-        error = "the run starter failed"
+        _end(bus, RunError(run_id=run_id, error="the run starter failed"))
+    else:
+        error = "the run starter returned before the run ended"
+        _end(bus, RunError(run_id=run_id, error=error))
     finally:
         starting.discard(run_id)
-    if bus.closed:
-        return
-    if not bus.replay(
-        run_id=run_id, kinds=_TERMINAL_KINDS, visibility=Visibility.PRIVATE
+
+
+def _end(bus: EventBus, terminal: Event) -> None:
+    """Emit *terminal* unless its run has ended already (or the bus has)."""
+    if bus.closed or bus.replay(
+        run_id=terminal.run_id, kinds=_TERMINAL_KINDS, visibility=Visibility.PRIVATE
     ):
-        try:
-            bus.emit(RunError(run_id=run_id, error=error))
-        except BusClosed:
-            pass
+        return
+    try:
+        bus.emit(terminal)
+    except BusClosed:
+        pass
 
 
 def _offset_of(event: Event) -> int:

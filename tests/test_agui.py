@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 import anyio
+import anyio.abc
 import attrs
 import httpx
 import pytest
@@ -31,6 +32,7 @@ from agui_helpers import (
     wire,
 )
 from agui_strategies import agent_runs
+from anyio.abc import TaskGroup
 from hypercorn.config import Config
 from hypothesis import given
 from starlette.types import Message, Receive, Scope, Send
@@ -503,6 +505,15 @@ async def agui_server(
         runs.cancel_scope.cancel()
 
 
+async def task_group_of_own(
+    *, task_status: anyio.abc.TaskStatus[TaskGroup] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """A task group that can be cancelled apart from its parent's."""
+    async with anyio.create_task_group() as task_group:
+        task_status.started(task_group)
+        await anyio.sleep_forever()
+
+
 def agui_subscriptions(bus: EventBus) -> list[str]:
     return [s.name for s in bus.statistics().subscriptions if s.name.startswith("agui")]
 
@@ -672,6 +683,24 @@ class TestPost:
         check_order(events)
         assert types(events) == ["RUN_STARTED", "RUN_ERROR"]
         assert events[-1]["message"] == "the run starter returned before the run ended"
+
+    async def test_a_cancelled_starter_cancels_the_run(self) -> None:
+        async with EventBus() as bus, anyio.create_task_group() as task_group:
+            runs: TaskGroup = await task_group.start(task_group_of_own)
+            script = Script(bus)
+            app = create_app(bus, start_run=script, task_group=runs)
+            async with (
+                running(app) as client,
+                client.stream("POST", "/agui", json=body()) as response,
+            ):
+                await script.halfway.wait()
+                runs.cancel_scope.cancel()  # the server shuts its runs down
+                events = events_of(await read(response))
+        assert script.cancelled
+        check_order(events)
+        assert events[-1]["type"] == "RUN_FINISHED"
+        assert events[-1]["outcome"] == {"type": "cancelled"}
+        assert events[-1]["metadata"] == {"reason": "the server stopped the run"}
 
     def test_bad_arguments(self) -> None:
         bus = EventBus()
