@@ -114,6 +114,7 @@ from ._subscription import Subscription
 
 __all__ = [
     "MAIN_LANE",
+    "THREAD_ID_KEY",
     "RunStarter",
     "Translator",
     "create_app",
@@ -578,14 +579,14 @@ class Translator:
         self._put(
             CustomEvent(
                 name=event.kind,
-                value=custom_value(event),
+                value=_custom_value(event),
                 subagent_run_id=lane.subagent,
                 timestamp=_millis(event),
             )
         )
 
 
-def custom_value(event: Event) -> dict[str, Any]:
+def _custom_value(event: Event) -> dict[str, Any]:
     """The ``value`` of the ``CUSTOM`` event made from *event*: its own fields
     (not the envelope's), and its ``payload`` if it has one, as plain JSON."""
     value = {
