@@ -686,15 +686,17 @@ def create_app(
     ends after the run's terminal event, or when the bus closes.
 
     Answers, never a 500 for bad input: ``400`` for a body that is not a
-    ``RunAgentInput`` (or a run id over 512 characters), a bad cursor (not
-    decimal digits, over 2**63-1, or beyond this bus's newest offset) or a bad
-    query parameter, or a cursor that names no event of the run here;
-    ``400`` for a ``Host`` not on *allowed_hosts* (default:
-    the loopback names and the address the server is bound to); ``404`` for a
-    run history does not hold; ``405`` for ``POST`` without *start_run*;
-    ``409`` for a ``POST`` of a run id the bus already has; ``413`` for a body
-    over *max_body* bytes; ``503`` when the bus is closed; ``204`` for a
-    resume after the end of a finished run (nothing to send). No CORS headers.
+    ``RunAgentInput``, a run id that is empty, over 512 characters or not
+    printable, a bad cursor (not decimal digits, over 2**63-1, or not the
+    offset of one of the run's events on this bus, unless older than what
+    history holds of the run), an unknown query parameter, or a ``Host`` not on
+    *allowed_hosts* (default: the loopback names and the address the server is
+    bound to); ``404`` for a run history does not hold (at ``PUBLIC``
+    visibility); ``405`` for ``POST`` without *start_run*; ``409`` for a
+    ``POST`` of a run id the bus already has or is starting; ``413`` for a body
+    over *max_body* bytes; ``503`` when the bus is closed; ``204`` for a resume
+    after the end of a finished run (nothing to send). ``HEAD`` gets the
+    headers only. No CORS headers.
 
     :param start_run: see :data:`RunStarter`
     :param task_group: where runs are started (required with *start_run*);
@@ -825,13 +827,6 @@ class _Endpoints:
         history = self.bus.replay(run_id=run_id, visibility=Visibility.PUBLIC)
         if not history:
             raise _BadRequest(404, f"unknown run {_short(run_id)} (or not in history)")
-        newest = self.bus.statistics().emitted
-        if after > newest:
-            raise _BadRequest(
-                400,
-                f"cursor {after} is beyond this server's newest offset {newest} "
-                f"(a cursor from another server?)",
-            )
         translator = Translator(run_id)
         cut = bisect_right(history, after, key=_offset_of)
         translator.advance(history[:cut])

@@ -786,7 +786,7 @@ class TestGet:
             ),  # a non-ASCII digit
             ({"after": ["1", "2"]}, {}, "at most once"),
             ({}, {"Last-Event-ID": "x"}, "Last-Event-ID must be"),
-            ({"after": "1000000"}, {}, "beyond this server's newest offset"),
+            ({"after": "1000000"}, {}, "is not an event of run"),
             ({"run_id": "x"}, {}, "unknown query parameter"),
             ({"after": "2"}, {}, "is not an event of run 'run-1' on this server"),
         ],
@@ -1036,6 +1036,32 @@ class TestViewers:
         status, content = result[0]
         assert status == 200
         assert types(events_of(parse_frames(content.decode()))) == ["RUN_STARTED"]
+
+    async def test_a_cursor_before_the_run(self) -> None:
+        async with EventBus() as bus:
+            bus.emit(Log(run_id="other", message="offset 1"))
+            bus.emit(RunStarted(run_id=RUN))
+            bus.emit(RunFinished(run_id=RUN))
+            whole = await call_app(create_app(bus), f"/agui/runs/{RUN}")
+            after_1 = await call_app(create_app(bus), f"/agui/runs/{RUN}?after=1")
+            assert after_1 == whole
+            assert whole[0] == 200
+
+    async def test_a_cursor_history_no_longer_reaches(self) -> None:
+        async with EventBus(history_size=4) as bus:
+            bus.emit(RunStarted(run_id=RUN))
+            for index in range(5):  # offsets 2-6: history keeps 3-6
+                bus.emit(MessageDelta(run_id=RUN, text=f"{index} "))
+            bus.emit(RunFinished(run_id=RUN))
+            status, content = await call_app(
+                create_app(bus), f"/agui/runs/{RUN}?after=1"
+            )
+        assert status == 200
+        events = events_of(parse_frames(content.decode()))
+        check_order(events)
+        assert types(events)[:2] == ["RUN_STARTED", "CUSTOM"]
+        assert events[1]["name"] == "events.dropped"
+        assert events[1]["value"]["first_offset"] == 2
 
     async def test_the_bus_closed(self) -> None:
         bus = EventBus()
