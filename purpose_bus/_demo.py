@@ -7,7 +7,9 @@ that replays the finished run from history. It ends with a table per
 subscriber.
 
 ``python -m purpose_bus demo --serve`` streams the demo's runs, round after
-round, to the live view of :mod:`purpose_bus.web` until interrupted.
+round, to the live view of :mod:`purpose_bus.web` until interrupted; with the
+``agui`` extra it also serves :mod:`purpose_bus.agui` at ``/agui``, where a
+``POST`` starts a demo run with the input's ``runId`` and ``threadId``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import attrs
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from ._bus import EventBus
 from ._events import (
@@ -44,8 +46,12 @@ from ._events import (
     ToolResult,
     Visibility,
 )
+from ._hosts import ASGIApp, Receive, Scope, Send
 from ._overflow import Overflow
 from ._subscription import Subscription
+
+if TYPE_CHECKING:
+    from ag_ui.core import RunAgentInput
 
 __all__ = ["DemoRow", "main", "run_demo", "serve_demo"]
 
@@ -100,9 +106,16 @@ async def _lane(bus: EventBus, run_id: str, lane: str, pace: float = 0.0) -> Non
 
 
 async def _agent(
-    bus: EventBus, run_id: str, *, fail: bool, pace: float = 0.0, guarded: bool = True
+    bus: EventBus,
+    run_id: str,
+    *,
+    fail: bool,
+    pace: float = 0.0,
+    guarded: bool = True,
+    thread_id: str | None = None,
 ) -> None:
-    await bus.publish(RunStarted(run_id=run_id))
+    payload = {} if thread_id is None else {"thread_id": thread_id}  # AG-UI's threadId
+    await bus.publish(RunStarted(run_id=run_id, payload=payload))
     async with anyio.create_task_group() as task_group:
         for lane in LANES:
             task_group.start_soon(_lane, bus, run_id, lane, pace)
@@ -219,23 +232,55 @@ async def serve_demo(
     async with EventBus() as bus:
         closed = anyio.Event()
         async with anyio.create_task_group() as server:
-            address = await server.start(
-                partial(
-                    serve,
-                    create_app(bus),
-                    host=host,
-                    port=port,
-                    shutdown_trigger=closed.wait,
-                    config=config,
-                )
-            )
-            task_status.started(address)
             async with anyio.create_task_group() as producers:
+                address = await server.start(
+                    partial(
+                        serve,
+                        _demo_app(bus, create_app(bus), producers, pace),
+                        host=host,
+                        port=port,
+                        shutdown_trigger=closed.wait,
+                        config=config,
+                    )
+                )
+                task_status.started(address)
                 producers.start_soon(_rounds, bus, pace, pause, rounds)
                 await stop()
                 producers.cancel_scope.cancel()
             await bus.aclose()
             closed.set()
+
+
+def _demo_app(bus: EventBus, view: ASGIApp, runs: TaskGroup, pace: float) -> ASGIApp:
+    """The live view, and the AG-UI endpoint at ``/agui`` (when the ``agui``
+    extra is installed) starting demo runs in *runs*."""
+    try:
+        from . import agui
+    except ImportError:  # no ag-ui-protocol: the live view only
+        return view
+    start_run = partial(_agui_agent, bus, pace)
+    return _Dispatch(view, agui.create_app(bus, start_run=start_run, task_group=runs))
+
+
+async def _agui_agent(bus: EventBus, pace: float, run_input: RunAgentInput) -> None:
+    """``POST /agui``'s run starter: one demo run (which finishes) with the
+    input's run id and thread id."""
+    await _live_agent(bus, run_input.run_id, False, pace, run_input.thread_id)
+
+
+@attrs.frozen
+class _Dispatch:
+    """``/agui`` and below to the AG-UI app, everything else to the live view."""
+
+    view: ASGIApp
+    agui: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if path == "/agui" or path.startswith("/agui/"):
+            await self.agui(scope, receive, send)
+        else:
+            await self.view(scope, receive, send)
 
 
 async def _rounds(bus: EventBus, pace: float, pause: float, rounds: int | None) -> None:
@@ -249,9 +294,13 @@ async def _rounds(bus: EventBus, pace: float, pause: float, rounds: int | None) 
         await anyio.sleep(pause)
 
 
-async def _live_agent(bus: EventBus, run_id: str, fail: bool, pace: float) -> None:
+async def _live_agent(
+    bus: EventBus, run_id: str, fail: bool, pace: float, thread_id: str | None = None
+) -> None:
     try:
-        await _agent(bus, run_id, fail=fail, pace=pace, guarded=False)
+        await _agent(
+            bus, run_id, fail=fail, pace=pace, guarded=False, thread_id=thread_id
+        )
     except anyio.get_cancelled_exc_class():
         bus.emit(RunCancelled(run_id=run_id, reason="the demo was stopped"))
         raise

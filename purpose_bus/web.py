@@ -38,7 +38,7 @@ import logging
 import math
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, cast
 
@@ -46,6 +46,7 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -55,6 +56,7 @@ from ._bus import EventBus
 from ._codec import encode
 from ._events import Event, EventsDropped, Visibility, registered_kinds
 from ._exceptions import BusClosed
+from ._hosts import HostCheck, allowed_set
 from ._overflow import Overflow
 from ._subscription import Subscription
 
@@ -96,6 +98,7 @@ def create_app(
     heartbeat: float = 15.0,
     retry: float = 1.0,
     buffer_size: int | None = None,
+    allowed_hosts: Iterable[str] | None = None,
 ) -> Starlette:
     """Return an ASGI application (a :class:`starlette.applications.Starlette`)
     that serves a live view of *bus*: the routes are listed in :mod:`the module
@@ -131,11 +134,19 @@ def create_app(
     A bad query value (or ``Last-Event-ID``) gets ``400`` with a message
     naming the parameter.
 
+    Every request's ``Host`` header is checked against *allowed_hosts* (a guard
+    against DNS rebinding): by default the loopback names (``localhost``,
+    ``127.0.0.1``, ``::1``) and the address the server is bound to; a missing
+    or other ``Host`` gets ``400``. No CORS headers are sent.
+
     :param authorize: see :data:`Authorize`; without it every request sees
         ``PUBLIC`` events only
     :param heartbeat: seconds of silence before a heartbeat comment (> 0)
     :param retry: the reconnection delay advised to browsers, seconds (>= 0)
     :param buffer_size: the bound of each stream's subscription (>= 1)
+    :param allowed_hosts: the host names (or addresses, without a port) the
+        application answers to, for a deployment under a real name; ``["*"]``
+        answers any (only behind a proxy that checks ``Host`` itself)
     :raises ValueError: for a value out of range
     """
     if not (isinstance(heartbeat, int | float) and heartbeat > 0):
@@ -150,6 +161,7 @@ def create_app(
         or buffer_size < 1
     ):
         raise ValueError(f"buffer_size must be an int >= 1, not {buffer_size!r}")
+    hosts = allowed_set(allowed_hosts)
     streams = _Streams(
         bus=bus,
         authorize=authorize,
@@ -176,7 +188,8 @@ def create_app(
             Route("/", viewer, methods=["GET"]),
             Route("/events", streams.events, methods=["GET"]),
             Route("/kinds", kinds, methods=["GET"]),
-        ]
+        ],
+        middleware=[Middleware(HostCheck, allowed_hosts=hosts)],
     )
 
 

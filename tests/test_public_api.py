@@ -46,7 +46,16 @@ DESIGN_NAMES = {
 }
 
 #: Optional or test-only dependencies that ``import purpose_bus`` must not pull in.
-NOT_IMPORTED = ["trio", "coredis", "starlette", "uvloop", "hypothesis", "pytest"]
+NOT_IMPORTED = [
+    "trio",
+    "coredis",
+    "starlette",
+    "ag_ui",
+    "pydantic",
+    "uvloop",
+    "hypothesis",
+    "pytest",
+]
 
 
 def _public_attributes() -> set[str]:

@@ -774,7 +774,9 @@ class TestServe:
                 # decides exactly when the connection closes).
                 host, port = url.removeprefix("http://").split(":")
                 async with await anyio.connect_tcp(host, int(port)) as connection:
-                    await connection.send(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+                    await connection.send(
+                        b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                    )
                     received = b""
                     with anyio.fail_after(5):
                         while b"retry: " not in received:
