@@ -38,6 +38,7 @@ import coredis
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from attrs import evolve
 from coredis.exceptions import RedisError
 
 from purpose_bus import (
@@ -232,6 +233,14 @@ async def wait_for_command(raw: coredis.Redis[str], name: str, command: str) -> 
     with anyio.fail_after(10):
         while not await running():
             await anyio.sleep(0.005)
+
+
+def contents(events: Sequence[Event]) -> list[tuple[Any, ...]]:
+    """What tells apart events with one ``span_id``: kind, lane, seq, text."""
+    return [
+        (e.kind, e.lane_id, e.seq, getattr(e, "text", getattr(e, "message", None)))
+        for e in events
+    ]
 
 
 def described(events: Sequence[Event]) -> list[list[Any]]:
@@ -692,6 +701,253 @@ class TestBadData:
             assert stats.lost == 0
             assert dict(stats.skipped_by_reason) == {"duplicate": 3}
             assert stats.imported == 7
+
+
+class TestIdentity:
+    """Which entries are the same event comes from the origin bus and its
+    offset (or Redis), never from user data such as ``span_id``."""
+
+    async def test_a_late_joiner_gets_evolved_copies_and_re_emitted_objects(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """The issue's case: 3 evolved deltas, one ``Log`` object emitted twice,
+        one live delta and the terminal; a late joiner on this bus, on a
+        second bus that imported them, and on a third that opened after the
+        run gets all 7, once each, and its statistics count exactly what it
+        handed out of its own bus."""
+        first = MessageDelta(run_id="r", text="a")
+        log = Log(run_id="r", message="twice")
+        async with (
+            node(redis_url, prefix) as (one, writer),
+            node(redis_url, prefix) as (two, reader),
+        ):
+            for event in [first, evolve(first, text="b"), evolve(first, text="c")]:
+                one.emit(event)
+            one.emit(log)
+            one.emit(log)
+            await writer.flush()
+            await wait_until(lambda: reader.statistics().imported == 5)
+            async with (
+                one.subscribe(run_id="r", replay=True) as here,
+                two.subscribe(run_id="r", replay=True) as there,
+            ):
+                one.emit(evolve(first, text="live"))
+                one.emit(RunFinished(run_id="r"))
+                with anyio.fail_after(10):
+                    got_here = [event async for event in here]
+                    got_there = [event async for event in there]
+                expected = one.replay(run_id="r")
+                assert len(expected) == 7
+                assert got_here == expected
+                assert contents(got_there) == contents(expected)
+                assert got_there == two.replay(run_id="r")  # this bus's offsets
+                for sub in (here, there):
+                    stats = sub.statistics()
+                    assert (stats.delivered, stats.dropped, stats.buffered) == (7, 0, 0)
+            await writer.flush()
+        async with node(redis_url, prefix) as (_, bridge):
+            async with bridge.subscribe_replay(run_id="r") as sub:
+                with anyio.fail_after(10):
+                    got = [event async for event in sub]
+                stats = sub.statistics()
+            assert contents(got) == contents(expected)
+            assert (stats.delivered, stats.dropped) == (0, 0)  # none of its own
+            assert contents(await bridge.replay(run_id="r")) == contents(expected)
+
+    async def test_replay_keeps_distinct_events_with_one_span_id(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        async with node(redis_url, prefix) as (one, writer):
+            log = Log(run_id="r", message="m")
+            for _ in range(3):
+                one.emit(log)
+            await writer.flush()
+            assert await writer.replay(run_id="r") == one.replay(run_id="r")
+            assert len(await writer.replay(run_id="r")) == 3
+
+
+class TestHostileEntries:
+    """A malformed, forged or out-of-range entry costs only itself: it is
+    refused and counted, and no reader skips another entry because of it."""
+
+    async def test_a_forged_huge_counter_hides_nothing(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """The issue's case: one XADD with a real bridge's origin id and
+        ``n=1000000``; the bridge's later entries all arrive, nothing is
+        counted lost."""
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (one, writer),
+            node(redis_url, prefix) as (two, reader),
+            two.subscribe(run_id="r") as sub,
+        ):
+            one.emit(Log(run_id="r", message="0"))
+            assert len(await receive(sub, 1)) == 1
+            copy = encode(one.replay(run_id="r")[0])
+            forged = stamped(Log(run_id="r", message="forged"), 2, 10**6)
+            for data in (copy, encode(forged)):
+                fields: dict[str, str | bytes] = {"o": writer.origin, "e": data}
+                await raw.xadd(writer.feed_key("r"), fields | {"n": "1000000"})
+            for i in range(1, 6):
+                one.emit(Log(run_id="r", message=str(i)))
+            one.emit(RunFinished(run_id="r"))
+            with anyio.fail_after(10):
+                rest = [event async for event in sub]
+            assert [getattr(e, "message", e.kind) for e in rest] == [
+                "forged",  # an event like any other: writers can add events
+                *map(str, range(1, 6)),
+                "run.finished",
+            ]
+            stats = reader.statistics()
+            assert dict(stats.skipped_by_reason) == {"duplicate": 1}
+            assert (stats.imported, stats.lost) == (8, 0)
+
+    async def test_an_out_of_range_seq_is_refused_and_moves_nothing(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """The issue's case: ``seq=10**23`` is refused and counted, and the
+        local seq of that run and lane is not moved by it."""
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (bus, bridge),
+        ):
+            good = encode(stamped(Log(run_id="r", message="m"), 1, 1))
+            huge = good.replace(b'"seq":1', b'"seq":' + str(10**23).encode())
+            for data in (huge, good):
+                await raw.xadd(bridge.feed_key("r"), {"o": "w", "e": data})
+            await wait_until(lambda: bridge.statistics().imported == 1)
+            assert dict(bridge.statistics().skipped_by_reason) == {"undecodable": 1}
+            local = await bus.publish(Log(run_id="r", message="local"))
+            assert local is not None
+            assert local.seq == 2
+
+    @pytest.mark.parametrize(
+        ("seq", "offset"), [(0, 5), (5, 0)], ids=["seq 0", "offset 0"]
+    )
+    async def test_an_unstamped_event_is_refused(
+        self, redis_url: str, prefix: str, seq: int, offset: int
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (bus, bridge),
+            bus.subscribe(run_id="r") as sub,
+        ):
+            for event in (
+                stamped(Log(run_id="r", message="m"), seq, offset),
+                stamped(RunFinished(run_id="r"), 1, 1),
+            ):
+                await raw.xadd(bridge.feed_key("r"), {"o": "w", "e": encode(event)})
+            with anyio.fail_after(10):
+                assert [e.kind async for e in sub] == ["run.finished"]
+            assert dict(bridge.statistics().skipped_by_reason) == {"unstamped": 1}
+
+    async def test_an_entry_in_the_wrong_feed_or_stream_is_misplaced(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (bus, bridge),
+            bus.subscribe(run_id="r") as sub,
+        ):
+            other = next(
+                f"x{i}"
+                for i in range(100)
+                if bridge.feed_key(f"x{i}") != bridge.feed_key("r")
+            )
+            stray = encode(stamped(Log(run_id=other, message="m"), 1, 1))
+            await raw.xadd(bridge.feed_key("r"), {"o": "w", "e": stray})
+            await raw.xadd(bridge.run_key("r"), {"o": "w", "e": stray})
+            end = encode(stamped(RunFinished(run_id="r"), 1, 2))
+            await raw.xadd(bridge.feed_key("r"), {"o": "w", "e": end})
+            await raw.xadd(bridge.run_key("r"), {"o": "w", "e": end})
+            with anyio.fail_after(10):
+                assert [e.kind async for e in sub] == ["run.finished"]
+            assert [e.kind for e in await bridge.replay(run_id="r")] == ["run.finished"]
+            assert dict(bridge.statistics().skipped_by_reason) == {"misplaced": 2}
+
+    async def test_copies_in_a_runs_stream_are_replayed_once(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (one, writer),
+            node(redis_url, prefix) as (_, reader),
+        ):
+            for i in range(3):
+                one.emit(Log(run_id="r", message=str(i)))
+            await writer.flush()
+            for event in reversed(one.replay(run_id="r")):  # copies, reordered
+                fields: dict[str, str | bytes] = {"o": writer.origin}
+                await raw.xadd(writer.run_key("r"), fields | {"e": encode(event)})
+            assert await reader.replay(run_id="r") == one.replay(run_id="r")
+            assert dict(reader.statistics().skipped_by_reason) == {"duplicate": 3}
+
+    async def test_ten_thousand_forged_entries_cost_only_themselves(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """A flood of forged entries (junk, copies of a real bridge's entries,
+        events under its origin for other runs, entries claiming the reader's
+        own origin) among a real bridge's: the real ones all arrive in order,
+        and every entry is accounted for."""
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (one, writer),
+            node(redis_url, prefix) as (two, reader),
+            two.subscribe(run_id="r", buffer_size=100_000) as sub,
+        ):
+            one.emit(RunStarted(run_id="r"))
+            await writer.flush()
+            copy = encode(one.replay(run_id="r")[0])
+            feed = writer.feed_key("r")
+            forged: list[dict[str, str | bytes]] = []
+            for i in range(10_000):
+                kind = i % 5
+                if kind == 0:
+                    forged.append({"o": writer.origin, "n": str(10**9 + i), "e": copy})
+                elif kind == 1:
+                    forged.append({"o": writer.origin, "e": f"junk {i}"})
+                elif kind == 2:  # another run of the same partition
+                    event = stamped(Log(run_id="r", message="forged"), 10**6 + i, i + 1)
+                    event = evolve(event, run_id="r", lane_id="forged")
+                    forged.append({"o": writer.origin, "e": encode(event)})
+                elif kind == 3:
+                    forged.append({"o": reader.origin, "e": copy})
+                else:
+                    forged.append({str(i): "x"})
+            genuine: list[Event] = []
+            async with anyio.create_task_group() as tg:
+
+                async def emit_meanwhile() -> None:
+                    for i in range(200):
+                        published = await one.publish(Log(run_id="r", message=str(i)))
+                        assert published is not None
+                        genuine.append(published)
+                    await writer.flush()
+
+                tg.start_soon(emit_meanwhile)
+                for start in range(0, len(forged), 1000):
+                    async with raw.pipeline(transaction=False) as pipe:
+                        for fields in forged[start : start + 1000]:
+                            pipe.xadd(feed, fields)
+            ended = await one.publish(RunFinished(run_id="r"))
+            assert ended is not None
+            with anyio.fail_after(30):
+                received = [event async for event in sub]
+            real = [e for e in received if e.lane_id != "forged"]
+            assert contents(real) == contents(
+                [one.replay(run_id="r")[0], *genuine, ended]
+            )
+            assert len(received) - len(real) == 2000
+            stats = reader.statistics()
+            assert dict(stats.skipped_by_reason) == {
+                "duplicate": 2000,
+                "undecodable": 2000,
+                "malformed": 2000,
+            }
+            assert stats.own_skipped == 2000
+            assert stats.imported == len(received) == 202 + 2000
+            assert stats.lost == 0
 
 
 class TestReplay:
