@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -40,6 +40,8 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import evolve
 from coredis.exceptions import RedisError
+from hypothesis import given
+from hypothesis import strategies as st
 
 from purpose_bus import (
     BusClosed,
@@ -948,6 +950,165 @@ class TestHostileEntries:
             assert stats.own_skipped == 2000
             assert stats.imported == len(received) == 202 + 2000
             assert stats.lost == 0
+
+
+#: What a hostile writer adds between a bridge's entries (see _hostile).
+_BAD_ACTIONS = st.one_of(
+    st.tuples(  # a raw XADD of a random field map
+        st.just("raw"),
+        st.dictionaries(
+            st.sampled_from(["o", "e", "n", "x", ""]) | st.text(max_size=3),
+            st.binary(max_size=24) | st.text(max_size=24),
+            min_size=1,
+            max_size=4,
+        ),
+    ),
+    st.tuples(st.just("copy"), st.integers(0, 30)),  # a genuine entry again
+    st.tuples(st.just("counter"), st.integers(0, 2**64)),  # with a forged n
+    st.tuples(st.just("range"), st.sampled_from([0, 2**63, 10**23])),  # seq
+    st.tuples(st.just("added"), st.integers(1, 2**63 - 1)),  # a new event
+)
+
+
+class TestHostileProperty:
+    @given(
+        script=st.lists(
+            st.one_of(st.sampled_from(["a", "b"]), _BAD_ACTIONS), max_size=24
+        )
+    )
+    async def test_every_genuine_event_once_in_lane_order(
+        self, redis_url: str, anyio_backend: str, script: list[Any]
+    ) -> None:
+        """A bridge's entries (lanes ``a`` and ``b``) interleaved with what a
+        hostile writer adds: random field maps, copies of the bridge's entries
+        (also out of order, also with a forged ``n``), out-of-range or
+        unstamped events, new events under the bridge's origin. The reader
+        delivers every genuine event once in order, delivers the added ones
+        (events like any other), counts every other entry once, never stalls."""
+        prefix = f"pbtest-{uuid.uuid4().hex[:12]}"
+        try:
+            async with (
+                raw_client(redis_url) as raw,
+                node(redis_url, prefix) as (one, writer),
+                node(redis_url, prefix) as (two, reader),
+                two.subscribe(run_id="r", buffer_size=10_000) as sub,
+            ):
+                genuine, written = await _hostile(raw, one, writer, script)
+                with anyio.fail_after(20):
+                    received = [event async for event in sub]
+                real = [e for e in received if e.lane_id != "forged"]
+                assert contents(real) == contents(genuine)
+                assert_lane_order(described(real))
+                assert len(received) - len(real) == written["added"]
+                stats = reader.statistics()
+                copies = written["copy"] + written["counter"]
+                assert stats.skipped_by_reason.get("duplicate", 0) == copies
+                assert stats.imported == len(received)
+                # Every entry the reader read is accounted for exactly once.
+                entries = len(genuine) + written.total()
+                assert (
+                    stats.imported
+                    + stats.skipped
+                    + stats.own_skipped
+                    + stats.rejected
+                    + stats.filtered
+                    == entries
+                )
+        finally:
+            await _delete_keys(redis_url, prefix)
+
+
+async def _hostile(
+    raw: coredis.Redis[str], bus: EventBus, bridge: RedisBridge, script: list[Any]
+) -> tuple[list[Event], Counter[str]]:
+    """Play *script* (see ``_BAD_ACTIONS``; ``"a"``/``"b"``: the bridge emits
+    into that lane of run ``r`` and its entry is written at once), end the run;
+    return the genuine events, and how many entries of each kind the hostile
+    writer added."""
+    feed = bridge.feed_key("r")
+    genuine: list[Event] = []
+    written: Counter[str] = Counter()
+    for action in script:
+        if isinstance(action, str):
+            event = await bus.publish(Log(run_id="r", lane_id=action, message="m"))
+            assert event is not None
+            genuine.append(event)
+            await bridge.flush()
+            continue
+        what, value = action
+        fields: dict[str, str | bytes] = {"o": bridge.origin}
+        if what == "raw":
+            fields = value
+        elif what in ("copy", "counter"):
+            if not genuine:
+                continue
+            fields["e"] = encode(genuine[value % len(genuine)])
+            if what == "counter":
+                fields["n"] = str(value)
+        elif what == "range":
+            good = encode(stamped(Log(run_id="r", message="m"), 1, 1))
+            fields["e"] = good.replace(b'"seq":1', b'"seq":%d' % value)
+        else:
+            event = Log(run_id="r", lane_id="forged", message="m")
+            fields["e"] = encode(stamped(event, value, value))
+        await raw.xadd(feed, fields)
+        written[what] += 1
+    end = await bus.publish(RunFinished(run_id="r"))
+    assert end is not None
+    genuine.append(end)
+    await bridge.flush()
+    return genuine, written
+
+
+class TestLateJoinerProperty:
+    @given(
+        shapes=st.lists(st.sampled_from(["new", "evolved", "again"]), max_size=8),
+        joined=st.integers(0, 8),
+    )
+    async def test_every_event_once_on_every_bus(
+        self, redis_url: str, anyio_backend: str, shapes: list[str], joined: int
+    ) -> None:
+        """A run of new deltas, evolved copies of the one before and the one
+        before emitted again; late joiners on the producing bus and on a
+        second bus join after *joined* of them: each gets every event once, in
+        order, and counts exactly the local events it handed out."""
+        prefix = f"pbtest-{uuid.uuid4().hex[:12]}"
+        deltas: list[MessageDelta] = []
+        for i, shape in enumerate(shapes):
+            if shape == "new" or not deltas:
+                deltas.append(MessageDelta(run_id="r", text=str(i)))
+            else:
+                last = deltas[-1]
+                deltas.append(last if shape == "again" else evolve(last, text=str(i)))
+        run: list[Event] = [*deltas, RunFinished(run_id="r")]
+        joined = min(joined, len(run) - 1)
+        try:
+            async with (
+                node(redis_url, prefix) as (one, writer),
+                node(redis_url, prefix) as (two, reader),
+            ):
+                for event in run[:joined]:
+                    one.emit(event)
+                await writer.flush()
+                await wait_until(lambda: reader.statistics().imported == joined)
+                async with (
+                    one.subscribe(run_id="r", replay=True) as here,
+                    two.subscribe(run_id="r", replay=True) as there,
+                ):
+                    for event in run[joined:]:
+                        await one.publish(event)
+                    with anyio.fail_after(10):
+                        got_here = [event async for event in here]
+                        got_there = [event async for event in there]
+                    assert got_here == one.replay(run_id="r")
+                    assert got_there == two.replay(run_id="r")
+                    assert contents(got_there) == contents(got_here)
+                    assert len(got_here) == len(run)
+                    for sub in (here, there):
+                        stats = sub.statistics()
+                        assert (stats.delivered, stats.dropped) == (len(run), 0)
+        finally:
+            await _delete_keys(redis_url, prefix)
 
 
 class TestReplay:
