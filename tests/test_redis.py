@@ -952,6 +952,48 @@ class TestHostileEntries:
             assert stats.lost == 0
 
 
+class TestWhatAWriterCanDo:
+    """The limits README's "Security" states: a writer can add events to any
+    run; what follows from them is counted, never silent."""
+
+    async def test_a_forged_terminal_ends_the_run_and_what_follows_is_counted(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (one, producer),
+            node(redis_url, prefix) as (two, reader),
+            two.subscribe(run_id="r") as sub,
+        ):
+            end = stamped(RunFinished(run_id="r"), 1, 1)
+            await raw.xadd(reader.feed_key("r"), {"o": "w", "e": encode(end)})
+            with anyio.fail_after(10):
+                assert [e.kind async for e in sub] == ["run.finished"]
+            await wait_until(lambda: producer.statistics().imported == 1)
+            one.emit(Log(run_id="r", message="after the forged end"))
+            assert one.statistics().rejected == 1  # the run is over here too
+
+    @pytest.mark.xfail(
+        reason="the bus (_bus.py, not the bridge) continues a lane's local seq"
+        " after an imported one, so a forged seq of 2**63-1 leaves local"
+        " events of that lane a seq no codec writes: they are not exported",
+        strict=True,
+    )
+    async def test_a_forged_huge_seq_leaves_local_events_exportable(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (bus, bridge),
+        ):
+            event = stamped(Log(run_id="r", message="m"), 2**63 - 1, 1)
+            await raw.xadd(bridge.feed_key("r"), {"o": "w", "e": encode(event)})
+            await wait_until(lambda: bridge.statistics().imported == 1)
+            bus.emit(Log(run_id="r", message="local"))
+            await bridge.flush()
+            assert bridge.statistics().export_dropped == 0
+
+
 #: What a hostile writer adds between a bridge's entries (see _hostile).
 _BAD_ACTIONS = st.one_of(
     st.tuples(  # a raw XADD of a random field map
