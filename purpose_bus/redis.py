@@ -37,7 +37,7 @@ or Redis assigned, never by user data (``span_id`` is kept by
 ``attrs.evolve``, and one object may be emitted twice: distinct events). An
 entry of another bridge is named by a digest of its ``o`` and ``e`` fields,
 that is of the origin bus's id and of the event as that bus stamped it, its
-``offset`` included (a keyed BLAKE2b, 128 bits: nobody can aim at a digest).
+``offset`` included (Python's ``hash``, keyed at random in each process).
 The reader files that identity for the local offset the bus gives the event
 when it imports it (for as many events as the bus's history holds); this
 bridge's own events are named by their local offset. A late joiner's merge
@@ -83,7 +83,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import random
 import uuid
 import warnings
@@ -183,7 +182,6 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-_TALLY_SHA = hashlib.sha1(_TALLY.encode()).hexdigest()
 
 
 def partition_of(run_id: str, partitions: int) -> int:
@@ -217,6 +215,12 @@ def _fields(values: Sequence[Any]) -> tuple[Any, Any]:
         return values[1], values[3]  # what bridges write
     fields = dict(zip(values[::2], values[1::2], strict=False))
     return fields.get(b"o"), fields.get(b"e")
+
+
+def _own(event: Event) -> tuple[str, int]:
+    """The identity of an event this bridge's bus accepted first: its offset
+    there (a tuple, so that it never equals another bridge's entry digest)."""
+    return ("own", event.offset)
 
 
 def _rows(reply: object) -> list[tuple[Any, Any]]:
@@ -416,18 +420,16 @@ class RedisBridge:
         self._positions: dict[bytes, bytes] = {}
         self._accounted: dict[bytes, int | None] = {}
         self._tallied = -math.inf
-        self._seen: set[bytes] = set()
-        self._seen_order: deque[bytes] = deque()
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
         self._partition_of_feed = {
             feed.encode(): k for k, feed in enumerate(self._feeds)
         }
-        # Identities: a random key for digests (so that nobody can aim at one),
-        # and the identity of each imported event still in the bus's history,
-        # by its local offset; the tap files the one being imported.
-        self._salt = os.urandom(16)
-        self._identities: dict[int, bytes] = {}
+        # The identity of each imported event still in the bus's history, by
+        # its local offset; the tap files the one being imported.
+        self._identities: dict[int, int] = {}
         self._identities_kept = 0
-        self._importing: bytes | None = None
+        self._importing: int | None = None
         # Counters.
         self._exported = self._export_dropped = self._batches = 0
         self._imported = self._rejected = self._filtered = self._own = 0
@@ -926,10 +928,17 @@ class RedisBridge:
 
     def _identity_of_entry(
         self, key: bytes | str, identifier: object, origin: Any, data: Any
-    ) -> bytes | None:
+    ) -> int | None:
         """The identity of another bridge's entry: a digest of its origin and
         encoded event (so of the origin's offset, which is in it); ``None``
-        (counted) if it lacks either, or is too large to be read."""
+        (counted) if it lacks either, or is too large to be read.
+
+        The digest is Python's ``hash``, a SipHash keyed at random in each
+        process: 64 bits nobody outside can compute, the same for a feed's and
+        a run stream's copy of an entry within the process (all it is used
+        for). Two different entries share one by chance about once in 10**14
+        entries read against the 100,000 remembered; the later one is then
+        counted as a duplicate."""
         if (
             data is None
             or not isinstance(origin, bytes)
@@ -941,19 +950,16 @@ class RedisBridge:
             why = f"{len(data)} bytes, over max_size={self._max_size}"
             self._skip("oversized", key, identifier, why)
             return None
-        digest = hashlib.blake2b(origin, digest_size=16, key=self._salt)
-        digest.update(b"\0")
-        digest.update(data)
-        return digest.digest()
+        return hash((origin, data))
 
-    def _remember(self, identity: bytes) -> None:
+    def _remember(self, identity: int) -> None:
         seen, order = self._seen, self._seen_order
         seen.add(identity)
         order.append(identity)
         if len(order) > _SEEN_KEPT:
             seen.discard(order.popleft())
 
-    def _file_identity(self, offset: int, identity: bytes) -> None:
+    def _file_identity(self, offset: int, identity: int) -> None:
         identities = self._identities
         identities[offset] = identity
         if len(identities) > self._identities_kept:
@@ -1046,7 +1052,7 @@ class RedisBridge:
                 event = None if digest is None else self._decode(key, identifier, data)
                 if event is None or not self._placed(key, identifier, event):
                     continue
-                identity = event.offset if origin == self._origin_bytes else digest
+                identity = _own(event) if origin == self._origin_bytes else digest
                 if identity in seen:
                     self._skip("duplicate", key, identifier, "a copy of an entry")
                 elif event.visibility <= self._level:
@@ -1059,7 +1065,8 @@ class RedisBridge:
     def _identity(self, event: Event) -> Hashable:
         """The identity of an event of the local history (see
         :meth:`_read_run`): the imported ones' as filed, others' their offset."""
-        return self._identities.get(event.offset, event.offset)
+        identity = self._identities.get(event.offset)
+        return _own(event) if identity is None else identity
 
     async def _range(
         self, client: coredis.Redis[bytes], key: str, start: bytes
