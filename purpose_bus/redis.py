@@ -137,6 +137,8 @@ _SPAWN_FROM = 64
 _BATCH_BYTES = 4 << 20
 #: How many entries the reader remembers, to refuse copies of them.
 _SEEN_KEPT = 100_000
+#: How many runs' partitions the reader keeps at hand.
+_RUNS_KEPT = 10_000
 #: The longest ``o`` field accepted (a bridge's origin id is 16 characters).
 _ORIGIN_MAX = 64
 #: At most this often (s), the reader asks Redis how many entries each feed
@@ -422,12 +424,14 @@ class RedisBridge:
         self._tallied = -math.inf
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
+        self._partition_of_run: dict[str, int] = {}  # a cache
         self._partition_of_feed = {
             feed.encode(): k for k, feed in enumerate(self._feeds)
         }
         # The identity of each imported event still in the bus's history, by
         # its local offset; the tap files the one being imported.
         self._identities: dict[int, int] = {}
+        self._identities_order: deque[int] = deque()
         self._identities_kept = 0
         self._importing: int | None = None
         # Counters.
@@ -960,10 +964,11 @@ class RedisBridge:
             seen.discard(order.popleft())
 
     def _file_identity(self, offset: int, identity: int) -> None:
-        identities = self._identities
+        identities, order = self._identities, self._identities_order
         identities[offset] = identity
-        if len(identities) > self._identities_kept:
-            del identities[next(iter(identities))]
+        order.append(offset)
+        if len(order) > self._identities_kept:
+            del identities[order.popleft()]
 
     def _decode(
         self, key: bytes | str, identifier: object, data: bytes
@@ -986,7 +991,14 @@ class RedisBridge:
         of its run's partition; else its run's stream); else count it."""
         partition = self._partition_of_feed.get(key) if isinstance(key, bytes) else None
         if partition is not None:
-            if partition_of(event.run_id, self._partitions) == partition:
+            run_id = event.run_id
+            of_run = self._partition_of_run.get(run_id)
+            if of_run is None:
+                of_run = partition_of(run_id, self._partitions)
+                if len(self._partition_of_run) >= _RUNS_KEPT:
+                    self._partition_of_run.clear()
+                self._partition_of_run[run_id] = of_run
+            if of_run == partition:
                 return True
         elif key == self.run_key(event.run_id):
             return True
