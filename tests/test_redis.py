@@ -973,6 +973,70 @@ class TestWhatAWriterCanDo:
             one.emit(Log(run_id="r", message="after the forged end"))
             assert one.statistics().rejected == 1  # the run is over here too
 
+    async def test_a_forged_entry_with_a_real_origin_and_offset_hides_nothing(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """A forger who knows the origin id and the offset a bridge's next
+        event will have writes an entry claiming them first: both arrive (the
+        reader cannot tell which is real, and refusing one would let a forger
+        suppress the real one)."""
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (one, writer),
+            node(redis_url, prefix) as (two, reader),
+            two.subscribe(run_id="r") as sub,
+        ):
+            claim = stamped(Log(run_id="r", message="forged"), 1, 1)
+            await raw.xadd(
+                writer.feed_key("r"), {"o": writer.origin, "e": encode(claim)}
+            )
+            assert [e.message for e in await receive(sub, 1)] == ["forged"]  # type: ignore[attr-defined]
+            one.emit(Log(run_id="r", message="real"))  # offset 1, seq 1 there too
+            one.emit(RunFinished(run_id="r"))
+            with anyio.fail_after(10):
+                rest = [event async for event in sub]
+            assert [(e.kind, e.seq) for e in rest] == [("log", 1), ("run.finished", 2)]
+            assert one.replay(run_id="r")[0].offset == 1
+            assert reader.statistics().skipped == 0
+
+    async def test_a_stream_id_set_to_the_maximum_stops_writes_counted(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (bus, bridge),
+        ):
+            top = "18446744073709551615-18446744073709551615"
+            await raw.xadd(bridge.feed_key("r"), {"x": "y"}, identifier=top)
+            bus.emit(Log(run_id="r", message="m"))
+            with anyio.fail_after(20):
+                await bridge.flush()
+            stats = bridge.statistics()
+            assert (stats.exported, stats.export_dropped) == (0, 1)
+
+    async def test_a_forged_tally_inflates_lost_and_nothing_else(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (one, writer),
+            node(redis_url, prefix) as (two, reader),
+            two.subscribe(run_id="r") as sub,
+        ):
+            one.emit(Log(run_id="r", message="m"))
+            await writer.flush()
+            assert len(await receive(sub, 1)) == 1
+            [entry] = await raw.xrange(writer.feed_key("r"))
+            await raw.eval(
+                "return redis.call('XSETID', KEYS[1], ARGV[1], 'ENTRIESADDED', 1000)",
+                keys=[writer.feed_key("r")],
+                args=[entry.identifier],
+            )
+            await wait_until(lambda: reader.statistics().lost == 999)
+            one.emit(RunFinished(run_id="r"))
+            with anyio.fail_after(10):
+                assert [e.kind async for e in sub] == ["run.finished"]
+
     @pytest.mark.xfail(
         reason="the bus (_bus.py, not the bridge) continues a lane's local seq"
         " after an imported one, so a forged seq of 2**63-1 leaves local"
