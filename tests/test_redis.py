@@ -15,6 +15,7 @@ with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -1013,6 +1014,37 @@ class TestWhatAWriterCanDo:
                 await bridge.flush()
             stats = bridge.statistics()
             assert (stats.exported, stats.export_dropped) == (0, 1)
+
+    async def test_a_feed_of_another_type_stops_readers_until_deleted(
+        self, redis_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async with (
+            raw_client(redis_url) as raw,
+            node(redis_url, prefix) as (one, writer),
+            node(redis_url, prefix) as (two, _),
+            two.subscribe(run_id="r") as sub,
+        ):
+            other = next(
+                writer.feed_key(f"x{i}")
+                for i in range(100)
+                if writer.feed_key(f"x{i}") != writer.feed_key("r")
+            )
+            await raw.set(other, "not a stream")
+            one.emit(Log(run_id="r", message="wake"))  # the reader's read ends
+            await wait_until(
+                lambda: any("reader failed" in r.message for r in caplog.records)
+            )
+            got: list[Event] = []
+            with contextlib.suppress(anyio.WouldBlock):
+                got.append(sub.receive_nowait())  # "wake", if it came first
+            one.emit(Log(run_id="r", message="stopped"))
+            await writer.flush()
+            with anyio.move_on_after(1) as waited:  # a bound, not a synchronisation
+                await sub.receive()
+            assert waited.cancelled_caught
+            await raw.delete([other])
+            got += await receive(sub, 2 - len(got))
+            assert [getattr(e, "message", None) for e in got] == ["wake", "stopped"]
 
     async def test_a_forged_tally_inflates_lost_and_nothing_else(
         self, redis_url: str, prefix: str
