@@ -768,6 +768,30 @@ class TestIdentity:
             assert await writer.replay(run_id="r") == one.replay(run_id="r")
             assert len(await writer.replay(run_id="r")) == 3
 
+    async def test_imported_identities_are_kept_as_long_as_the_history(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """A bus with a history of 3 imports 6 events: a late joiner there
+        gets the 3 it no longer holds from Redis and the 3 it holds once."""
+        async with (
+            node(redis_url, prefix) as (one, writer),
+            EventBus(history_size=3) as two,
+            RedisBridge(two, redis_url, prefix=prefix) as reader,
+        ):
+            for i in range(6):
+                one.emit(Log(run_id="r", message="same" if i % 2 else str(i)))
+            await writer.flush()
+            await wait_until(lambda: reader.statistics().imported == 6)
+            async with two.subscribe(run_id="r", replay=True) as sub:
+                one.emit(RunFinished(run_id="r"))
+                with anyio.fail_after(10):
+                    got = [event async for event in sub]
+                assert contents(got) == contents(one.replay(run_id="r"))
+                # The 3 it held when entering, in their local forms.
+                assert [e.offset for e in got[3:6]] == [4, 5, 6]
+                assert got[4:] == two.replay(run_id="r")
+                assert sub.statistics().delivered == 4  # 3 held, 1 live
+
 
 class TestHostileEntries:
     """A malformed, forged or out-of-range entry costs only itself: it is

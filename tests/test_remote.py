@@ -186,6 +186,23 @@ class TestOrder:
             with pytest.raises(anyio.ClosedResourceError):
                 await sub.receive()
 
+    async def test_what_only_the_history_holds_goes_by_its_lanes_seq(self) -> None:
+        """No event is in both: a local one goes before the first source event
+        of its lane with a higher ``seq``."""
+        remote = await elsewhere(
+            delta("a"),
+            MessageDelta(run_id="r1", text="p", visibility=PRIVATE),
+            delta("b"),
+        )
+        async with EventBus() as bus:
+            source = Source([remote[0], remote[2]])  # Redis holds the public ones
+            add_source(bus, source)
+            await source.ingest(bus, remote[1])  # the history, the private one
+            sub = bus.subscribe(run_id="r1", replay=True, visibility=PRIVATE)
+            async with sub:
+                assert texts(drain(sub)) == ["a", "p", "b"]
+                assert sub.statistics().delivered == 1
+
     async def test_a_local_event_after_the_sources_terminal_is_counted_dropped(
         self,
     ) -> None:
