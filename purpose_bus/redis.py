@@ -225,10 +225,13 @@ def _own(event: Event) -> tuple[str, int]:
     return ("own", event.offset)
 
 
-def _rows(reply: object) -> list[tuple[Any, Any]]:
-    """The ``(last id, entries added)`` rows of the tally script's reply."""
-    if not isinstance(reply, list) or not all(
-        isinstance(row, list) and len(row) == 2 for row in reply
+def _rows(reply: object, count: int) -> list[tuple[Any, Any]]:
+    """The *count* ``(last id, entries added)`` rows of the tally script's
+    reply; :exc:`RedisError` (retried like any) for anything else."""
+    if (
+        not isinstance(reply, list)
+        or len(reply) != count
+        or not all(isinstance(row, list) and len(row) == 2 for row in reply)
     ):
         raise RedisError(f"unexpected reply to the tally script: {reply!r}")
     return [(row[0], row[1]) for row in reply]
@@ -590,7 +593,9 @@ class RedisBridge:
                 f"prefix {self._prefix!r} is used with {_text(await stored)}"
                 f" partitions, not {self._partitions}"
             )
-        for feed, (last, added) in zip(self._feeds, _rows(await tally), strict=True):
+        for feed, (last, added) in zip(
+            self._feeds, _rows(await tally, self._partitions), strict=True
+        ):
             key = feed.encode()
             self._positions[key] = last.encode() if isinstance(last, str) else last
             self._accounted[key] = added if isinstance(added, int) else None
@@ -860,7 +865,7 @@ class RedisBridge:
         that it never read were trimmed before it could (or deleted)."""
         self._tallied = anyio.current_time()  # failing, it is tried again later
         with anyio.fail_after(_SLACK):
-            tally = _rows(await client.eval(_TALLY, keys=self._feeds))
+            tally = _rows(await client.eval(_TALLY, keys=self._feeds), self._partitions)
         for feed, (last, added) in zip(self._feeds, tally, strict=True):
             key = feed.encode()
             accounted = self._accounted[key]
