@@ -142,8 +142,10 @@ _RUNS_KEPT = 10_000
 #: The longest ``o`` field accepted (a bridge's origin id is 16 characters).
 _ORIGIN_MAX = 64
 #: At most this often (s), the reader asks Redis how many entries each feed
-#: has had, to count those trimmed before it read them (``lost``).
+#: has had, to count those trimmed before it read them (``lost``); it does
+#: when fewer than _WAITING_MAX entries of the feed wait to be read.
 _LOSS_CHECK_SECONDS = 1.0
+_WAITING_MAX = 1000
 
 # Appends one partition's batch to its feed and to its runs' streams, at most
 # once per (origin, partition, batch number): a batch sent again is skipped.
@@ -165,25 +167,31 @@ return (#ARGV - 6) / 2
 """
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
-# Where each feed stands, as Redis counts: per key, its last id and how many
-# entries were ever added to it (Redis 7; false on 6.2), or 0-0 and 0 for a
-# stream that does not exist. Read only.
+# Where each feed stands, as Redis counts, in one atomic step: per key, its
+# last id, how many entries were ever added to it (Redis 7; false on 6.2), and
+# how many of those it still holds after the reader's position ARGV[i] (false
+# from _WAITING_MAX on; 0 if ARGV[i] is empty); 0-0, 0, 0 for a stream that
+# does not exist. Read only.
 _TALLY = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  out[i] = {'0-0', 0}
+  out[i] = {'0-0', 0, 0}
   if redis.call('EXISTS', key) == 1 then
     local info = redis.call('XINFO', 'STREAM', key)
-    local last, added = '0-0', false
+    local last, added, waiting = '0-0', false, 0
     for j = 1, #info, 2 do
       if info[j] == 'last-generated-id' then last = info[j + 1] end
       if info[j] == 'entries-added' then added = info[j + 1] end
     end
-    out[i] = {last, added}
+    if ARGV[i] ~= '' and ARGV[i] ~= last then
+      waiting = #redis.call('XRANGE', key, '(' .. ARGV[i], '+', 'COUNT', MAX)
+      if waiting == MAX then waiting = false end
+    end
+    out[i] = {last, added, waiting}
   end
 end
 return out
-"""
+""".replace("MAX", str(_WAITING_MAX))
 
 
 def partition_of(run_id: str, partitions: int) -> int:
@@ -225,16 +233,17 @@ def _own(event: Event) -> tuple[str, int]:
     return ("own", event.offset)
 
 
-def _rows(reply: object, count: int) -> list[tuple[Any, Any]]:
-    """The *count* ``(last id, entries added)`` rows of the tally script's
-    reply; :exc:`RedisError` (retried like any) for anything else."""
+def _rows(reply: object, count: int) -> list[tuple[Any, Any, Any]]:
+    """The *count* ``(last id, entries added, entries waiting)`` rows of the
+    tally script's reply; :exc:`RedisError` (retried like any) for anything
+    else."""
     if (
         not isinstance(reply, list)
         or len(reply) != count
-        or not all(isinstance(row, list) and len(row) == 2 for row in reply)
+        or not all(isinstance(row, list) and len(row) == 3 for row in reply)
     ):
         raise RedisError(f"unexpected reply to the tally script: {reply!r}")
-    return [(row[0], row[1]) for row in reply]
+    return [(row[0], row[1], row[2]) for row in reply]
 
 
 @attrs.frozen(kw_only=True)
@@ -262,8 +271,9 @@ class BridgeStatistics:
     #: Remote entries known to be lost to this bridge: trimmed from a feed
     #: before it read them (it fell more than about ``maxlen`` entries
     #: behind). Counted from what Redis 7 tallies per stream (``XINFO
-    #: STREAM``'s ``entries-added``), checked about once a second while the
-    #: reader is caught up; not counted on Redis 6.2.
+    #: STREAM``'s ``entries-added``, less those still waiting to be read),
+    #: checked about once a second whenever fewer than 1,000 wait; not
+    #: counted on Redis 6.2.
     lost: int
     #: Entries that could not be used (from a feed or a replay), in total.
     skipped: int
@@ -587,13 +597,13 @@ class RedisBridge:
             pipe.script_load(_APPEND)
             pipe.set(meta, self._partitions, condition=coredis.PureToken.NX)
             stored = pipe.get(meta)
-            tally = pipe.eval(_TALLY, keys=self._feeds)
+            tally = pipe.eval(_TALLY, keys=self._feeds, args=[""] * len(self._feeds))
         if (await stored or b"") != str(self._partitions).encode():
             raise ValueError(
                 f"prefix {self._prefix!r} is used with {_text(await stored)}"
                 f" partitions, not {self._partitions}"
             )
-        for feed, (last, added) in zip(
+        for feed, (last, added, _) in zip(
             self._feeds, _rows(await tally, self._partitions), strict=True
         ):
             key = feed.encode()
@@ -861,28 +871,33 @@ class RedisBridge:
 
     async def _count_lost(self, client: coredis.Redis[bytes]) -> None:
         """Compare what the reader accounted for with Redis's tally of each
-        feed it has caught up with (its last id is the feed's): entries added
-        that it never read were trimmed before it could (or deleted)."""
+        feed: the entries added that it neither read nor finds waiting after
+        its position were trimmed before it could read them (or deleted)."""
         self._tallied = anyio.current_time()  # failing, it is tried again later
+        positions = [self._positions[feed.encode()] for feed in self._feeds]
         with anyio.fail_after(_SLACK):
-            tally = _rows(await client.eval(_TALLY, keys=self._feeds), self._partitions)
-        for feed, (last, added) in zip(self._feeds, tally, strict=True):
+            reply = await client.eval(_TALLY, keys=self._feeds, args=positions)
+        for feed, (_, added, waiting) in zip(
+            self._feeds, _rows(reply, self._partitions), strict=True
+        ):
             key = feed.encode()
             accounted = self._accounted[key]
-            if not isinstance(added, int) or accounted is None:
+            if accounted is None or not isinstance(added, int):
                 continue  # Redis 6.2: no tally
-            if last != self._positions[key]:
-                continue  # entries are waiting: not caught up
-            if added > accounted:
-                self._lost += added - accounted
+            if not isinstance(waiting, int):
+                continue  # far behind: counted once it has caught up
+            missing = added - waiting - accounted
+            if missing > 0:
+                self._lost += missing
                 self._log_once(
                     "lost",
                     "lost %d entries in %s: trimmed before they were read"
                     " (raise maxlen), or deleted",
-                    added - accounted,
+                    missing,
                     feed,
                 )
-            self._accounted[key] = added  # also if lower: the feed was made anew
+            # (also when fewer were added than read: the feed was made anew)
+            self._accounted[key] = added - waiting
 
     async def _take_response(
         self, response: Mapping[Any, Any], positions: dict[bytes, bytes]

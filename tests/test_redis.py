@@ -497,7 +497,7 @@ class TestResume:
             await writer.flush()
             with anyio.fail_after(10):
                 received = [event async for event in sub]
-            # Counted once the reader has caught up and compared Redis's tally.
+            # Counted at the reader's next comparison with Redis's tally.
             await wait_until(lambda: len(received) + bridge.statistics().lost == 1003)
             stats = bridge.statistics()
             assert 0 < stats.lost < 1000
