@@ -893,6 +893,33 @@ class TestHostileEntries:
             assert [e.kind for e in await bridge.replay(run_id="r")] == ["run.finished"]
             assert dict(bridge.statistics().skipped_by_reason) == {"misplaced": 2}
 
+    async def test_a_copy_is_known_while_its_original_is_among_the_last_taken(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """The reader remembers the identities of the last 100,000 entries it
+        took: a copy of one of them is refused; a copy of an older one is an
+        event like any other (as a forged one would be)."""
+        kept = 100_000
+        async with (
+            raw_client(redis_url) as raw,
+            EventBus(buffer_size=1, history_size=0) as bus,
+            RedisBridge(bus, redis_url, prefix=prefix) as bridge,
+        ):
+            feed = bridge.feed_key("r")
+            entries: list[dict[str, str | bytes]] = [
+                {"o": "w", "e": encode(stamped(Log(run_id="r", message=""), i, i))}
+                for i in range(1, kept + 2)
+            ]
+            for start in range(0, len(entries), 5000):
+                async with raw.pipeline(transaction=False) as pipe:
+                    for fields in entries[start : start + 5000]:
+                        pipe.xadd(feed, fields)
+            await wait_until(lambda: bridge.statistics().imported == kept + 1, 60)
+            await raw.xadd(feed, entries[1])  # the oldest still remembered
+            await raw.xadd(feed, entries[0])  # forgotten: taken again
+            await wait_until(lambda: bridge.statistics().imported == kept + 2)
+            assert dict(bridge.statistics().skipped_by_reason) == {"duplicate": 1}
+
     async def test_copies_in_a_runs_stream_are_replayed_once(
         self, redis_url: str, prefix: str
     ) -> None:
