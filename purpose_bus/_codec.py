@@ -24,7 +24,12 @@ Field values are checked against the field annotations, both ways: ``str``,
 ``int`` (a bool is not an int), ``float``, ``bool``, ``None``, enums, unions and
 ``Optional``, ``Literal``, mappings and ``list``/``tuple``/``Sequence`` (with
 their item types), ``Any``. An annotation of another kind accepts any JSON value.
-``seq`` and ``offset`` must not be negative. :func:`encode` refuses what
+``seq`` and ``offset`` are ints in 0 … :data:`MAX_COUNTER` (2**63-1, a signed
+64-bit counter; 0 is an event the bus has not stamped yet, which may be
+encoded too: ``emit`` accepts exactly what ``encode`` writes, and what is
+emitted is unstamped). An :class:`~purpose_bus.EventsDropped` notice needs
+``count >= 1`` and ``1 <= first_offset <= last_offset <= MAX_COUNTER``.
+:func:`encode` refuses what
 :func:`decode` would refuse, so whatever it writes can be read back (given a
 ``max_size`` large enough).
 
@@ -57,13 +62,13 @@ from typing import Any, Literal, Union
 
 import attrs
 
-from ._events import Event, event_class
+from ._events import Event, EventsDropped, event_class
 from ._exceptions import DecodeError
 from ._frozen import EMPTY, FrozenDict
 from ._hidden import _normal as _normal_keys
 from ._hidden import normal_key
 
-__all__ = ["DEFAULT_MAX_SIZE", "MAX_DEPTH", "decode", "encode"]
+__all__ = ["DEFAULT_MAX_SIZE", "MAX_COUNTER", "MAX_DEPTH", "decode", "encode"]
 
 #: The default limit of :func:`decode`: input longer than this many bytes
 #: (1 MiB) is refused before it is parsed.
@@ -72,6 +77,10 @@ DEFAULT_MAX_SIZE = 1 << 20
 #: The deepest nesting of JSON arrays and objects inside one field that
 #: :func:`decode` accepts and :func:`encode` writes (``{}`` is one level).
 MAX_DEPTH = 256
+
+#: The largest ``seq`` or ``offset`` (and ``EventsDropped`` count or offset)
+#: encoded or decoded: 2**63-1, what a signed 64-bit counter holds.
+MAX_COUNTER = (1 << 63) - 1
 
 _Convert = Callable[[Any], Any]
 #: ``freeze(value, depth, keys)``: see :attr:`_Converter.freeze`.
@@ -384,17 +393,13 @@ def _to_float(value: Any) -> float:
         raise _Invalid("expected float (out of range)", value, ValueError) from None
 
 
-#: The largest ``seq`` and ``offset``.
-MAX_COUNTER = 2**63 - 1
-
-
 def _to_counter(value: Any) -> int:
     if not _is_int(value):
         raise _Invalid("expected int", value)
     if value < 0:
         raise _Invalid("must not be negative", value, ValueError)
     if value > MAX_COUNTER:
-        raise _Invalid("must be at most 2**63 - 1", value, ValueError)
+        raise _Invalid(f"must be at most 2**63-1 ({MAX_COUNTER})", value, ValueError)
     return int(value)
 
 
@@ -420,8 +425,10 @@ _SCALARS: dict[Any, _Converter] = {
     None: _checked("None", lambda value: value is None),
     float: _Converter("float", _to_float, _to_float, _scalar(_to_float)),
 }
-#: ``seq`` and ``offset``: counters, ``0 <= n <= 2**63 - 1``.
-_COUNTER = _Converter("int >= 0", _to_counter, _to_counter, _scalar(_to_counter))
+#: ``seq`` and ``offset``: counters in 0 … MAX_COUNTER.
+_COUNTER = _Converter(
+    "int in 0 … 2**63-1", _to_counter, _to_counter, _scalar(_to_counter)
+)
 
 
 def _carried(value: Any) -> bool:
@@ -766,6 +773,25 @@ def _fast(
     return namespace["encode_fast"], namespace["decode_fast"]
 
 
+def _notice_problem(event: Event) -> str | None:
+    """What is wrong with the numbers of an :class:`EventsDropped` notice
+    (which rule failed), or ``None``: the range rule of the module docs, one
+    check for both directions."""
+    if not isinstance(event, EventsDropped):
+        return None
+    count, first, last = event.count, event.first_offset, event.last_offset
+    if not 1 <= count <= MAX_COUNTER:
+        return f"count must be in 1 … 2**63-1, got {_short(count)}"
+    if not 1 <= first <= MAX_COUNTER:
+        return f"first_offset must be in 1 … 2**63-1, got {_short(first)}"
+    if not first <= last <= MAX_COUNTER:
+        return (
+            f"last_offset must be in first_offset ({first}) … 2**63-1,"
+            f" got {_short(last)}"
+        )
+    return None
+
+
 def _plan(cls: type[Event]) -> _Plan:
     try:
         return _plans[cls]
@@ -875,8 +901,9 @@ def encode(event: Event) -> bytes:
         set, an object, a non-string mapping key); the message names the field
         and the path inside it, as in ``payload['x']``
     :raises ValueError: if a field holds a float that is NaN or infinite, a
-        negative ``seq``/``offset``, or a structure nested too deeply (or holding
-        itself)
+        ``seq``/``offset`` outside 0 … 2**63-1, a structure nested too deeply
+        (or holding itself), or an ``EventsDropped`` notice breaks its range
+        rule (see the module docs)
     """
     plan = _encoding_plan(event)
     try:
@@ -886,6 +913,9 @@ def encode(event: Event) -> bytes:
         for field in plan.fields:
             value = getattr(event, field.name)
             data[field.name] = _encode_field(plan.kind, field, value)
+    problem = _notice_problem(event)
+    if problem is not None:
+        raise ValueError(f"cannot encode {plan.kind!r} event: {problem}")
     return _dump(plan.kind, data)
 
 
@@ -1029,8 +1059,10 @@ def decode(
     :raises DecodeError: whatever is wrong with *data*, with a message saying
         what: empty, too large, not UTF-8, not JSON (NaN and infinities
         included), nested too deeply, not an object, a missing or unknown
-        ``kind``, a missing, unknown or wrongly typed field, a negative ``seq``
-        or ``offset``. No other exception escapes for any bytes or text.
+        ``kind``, a missing, unknown or wrongly typed field, a ``seq`` or
+        ``offset`` outside 0 … 2**63-1 (the message says which rule failed), an
+        ``EventsDropped`` notice whose ``count`` is below 1 or whose offsets are
+        out of order. No other exception escapes for any bytes or text.
     :raises TypeError: if *data* is not bytes, bytearray, memoryview or str
     :raises ValueError: if *max_size* is less than 1
     """
@@ -1052,6 +1084,10 @@ def decode(
     except Exception as exc:  # a broken user class; never seen for built-ins
         raise DecodeError(f"cannot decode {cls.__qualname__}: {exc}") from exc
     try:
-        return plan.decode_fast(parsed)  # type: ignore[no-any-return]
+        event: Event = plan.decode_fast(parsed)
     except Exception:  # the general path gives the exact error, if there is one
-        return _construct(cls, plan, parsed)
+        event = _construct(cls, plan, parsed)
+    problem = _notice_problem(event)
+    if problem is not None:
+        raise DecodeError(f"{plan.kind!r} event: {problem}")
+    return event

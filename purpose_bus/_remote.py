@@ -1,15 +1,25 @@
 """Replay that reaches beyond the local history: a run-scoped subscription on a
 bus with a replay source (an open :class:`~purpose_bus.redis.RedisBridge`)
 first hands out what the source holds of the run, then the local history and
-live events, skipping what it handed out already."""
+live events, skipping what it handed out already.
+
+Which events are "the same" is decided by identities the source assigns from
+coordinates the buses and Redis assign, never from user data such as
+``span_id``: ``attrs.evolve`` keeps a ``span_id``, and one object may be
+emitted twice, yet those are distinct events. The source gives each event it
+reads an identity, and gives one to each event of the local history (what an
+event of this bus that the source also holds is called there); equal
+identities are one event.
+"""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import attrs
 
 from ._events import Event, EventsDropped
 from ._filters import EventFilter
@@ -21,9 +31,20 @@ if TYPE_CHECKING:
 
 __all__ = ["MergedReplay", "ReplaySource"]
 
-#: Reads what a source holds of a run (every event of it the source may share,
-#: whatever the subscription's filters), in the order they were appended.
-ReplaySource = Callable[[str], Awaitable[Sequence[Event]]]
+
+@attrs.frozen
+class ReplaySource:
+    """Where ``subscribe(run_id=..., replay=True)`` reads a run beyond the
+    local history (internal: what a bridge registers with the bus)."""
+
+    #: Reads every event of a run the source may share (whatever the
+    #: subscription's filters), in the order they were appended, each with its
+    #: identity.
+    read: Callable[[str], Awaitable[Sequence[tuple[Hashable, Event]]]]
+    #: The identity of an event of the local history (as the bus stamped it):
+    #: equal to the identity :attr:`read` gives the same event, if it has it.
+    #: Called on the loop, cheap (no I/O).
+    identity: Callable[[Event], Hashable]
 
 
 class MergedReplay(Subscription[E_co]):
@@ -35,17 +56,19 @@ class MergedReplay(Subscription[E_co]):
     what the sources hold with what the local history holds of the run that
     they do not (events above a bridge's visibility level, or trimmed from
     Redis): each lane's events in ``seq`` order, the sources' order otherwise,
-    and the run's terminal event last. It hands out the merged events that
-    match its filters, then its live events, skipping every one whose
-    ``span_id`` was merged already. If a source held the run's terminal event,
-    it ends after handing it out (or where it would have, if the filters skip
-    it); otherwise it ends as any run-scoped subscription does. Events from a
-    source carry the ``offset`` of the bus that first accepted them. Its
-    statistics count local events only (those it handed out live, and those
-    merged from the local history as they are skipped).
+    and the run's terminal event last. An event both hold is handed out as the
+    local history holds it (with this bus's ``offset``); one only a source
+    holds carries the ``offset`` of the bus that first accepted it. It hands
+    out the merged events that match its filters, then its live events,
+    skipping every one whose identity (see the module docs) was merged
+    already. If a source held the run's terminal event, it ends after handing
+    it out (or where it would have, if the filters skip it); otherwise it ends
+    as any run-scoped subscription does. Its statistics count local events
+    only, each once: those it handed out live, and those of the local history
+    it handed out merged (counted as they are skipped).
     """
 
-    __slots__ = ("_backlog", "_done", "_over", "_seen")
+    __slots__ = ("_backlog", "_done", "_over", "_seen", "_sources")
 
     def __init__(
         self,
@@ -55,7 +78,8 @@ class MergedReplay(Subscription[E_co]):
     ) -> None:
         super().__init__(bus, flt, **kwargs)
         self._backlog: deque[Event] = deque()
-        self._seen: set[str] = set()
+        self._seen: set[Hashable] = set()
+        self._sources: tuple[ReplaySource, ...] = ()
         self._over = False  # a source held the run's terminal event
         self._done = False  # ... and everything after it was handed out
 
@@ -72,19 +96,20 @@ class MergedReplay(Subscription[E_co]):
         await super().__aenter__()
         run_id = self._filter.single_run
         assert run_id is not None
+        sources = self._bus._replay_sources  # those open now
         seen = self._seen
-        remote: list[Event] = []
-        terminal: Event | None = None
+        remote: list[tuple[Hashable, Event]] = []
+        terminal: tuple[Hashable, Event] | None = None
         try:
-            for source in self._bus._replay_sources:  # those open now
-                for event in await source(run_id):
-                    if event.span_id in seen or event.run_id != run_id:
+            for source in sources:
+                for identity, event in await source.read(run_id):
+                    if identity in seen or event.run_id != run_id:
                         continue
-                    seen.add(event.span_id)
+                    seen.add(identity)
                     if event.terminal:
-                        terminal = event
+                        terminal = identity, event
                         break
-                    remote.append(event)
+                    remote.append((identity, event))
                 if terminal is not None:
                     break
         except BaseException:
@@ -92,20 +117,37 @@ class MergedReplay(Subscription[E_co]):
             raise
         if not remote and terminal is None:
             return self  # nothing from the sources: a plain replay
-        held = list(self._bus._history.iter_after(0, self._filter.run_ids))
-        twins = {e.span_id: e.offset for e in held if e.span_id in seen}
-        local = [event for event in held if event.span_id not in seen]
-        seen.update(event.span_id for event in local)
-        if terminal is None:
-            terminal = next((event for event in local if event.terminal), None)
+        self._sources = sources
+        twins: dict[Hashable, Event] = {}  # identity -> the local history's event
+        local: list[Event] = []  # what only the local history holds
+        for event in self._bus._history.iter_after(0, self._filter.run_ids):
+            identity = self._known(event)
+            if identity is None:
+                local.append(event)
+                seen.add(sources[0].identity(event))
+            else:
+                twins[identity] = event
+        if terminal is not None:
+            last: Event | None = twins.get(terminal[0], terminal[1])
+        else:
+            last = next((event for event in local if event.terminal), None)
         local = [event for event in local if not event.terminal]
         merged = _merge(remote, local, twins)
-        if terminal is not None:
-            merged.append(terminal)
+        if last is not None:
+            merged.append(last)
             self._over = True
         matches = self._filter.matches
         self._backlog.extend(event for event in merged if matches(event))
         return self
+
+    def _known(self, event: Event) -> Hashable | None:
+        """The identity of a local *event* if it was merged already, else None."""
+        seen = self._seen
+        for source in self._sources:
+            identity = source.identity(event)
+            if identity in seen:
+                return identity
+        return None
 
     def close(self) -> None:
         self._done = False  # closed, not ended: receive raises ClosedResourceError
@@ -124,10 +166,9 @@ class MergedReplay(Subscription[E_co]):
         if self._over:
             self._finish()
             raise anyio.EndOfStream
-        seen = self._seen
         while True:
             event = super().receive_nowait()
-            if event.span_id not in seen:
+            if not self._sources or self._known(event) is None:
                 return event
 
     def _finish(self) -> None:
@@ -135,14 +176,13 @@ class MergedReplay(Subscription[E_co]):
         local stream still holds (merged already, so counted as delivered; an
         event after the run's end would be counted as dropped), then
         unregister."""
-        seen = self._seen
         buffer = self._buffer
         while True:
             try:
                 event = Subscription.receive_nowait(self)
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
-            if event.span_id not in seen and not isinstance(event, EventsDropped):
+            if self._known(event) is None and not isinstance(event, EventsDropped):
                 buffer.delivered -= 1
                 buffer.dropped += 1
         Subscription.close(self)
@@ -155,38 +195,42 @@ class MergedReplay(Subscription[E_co]):
 
 
 def _merge(
-    remote: list[Event], local: list[Event], twins: dict[str, int]
+    remote: list[tuple[Hashable, Event]],
+    local: list[Event],
+    twins: dict[Hashable, Event],
 ) -> list[Event]:
-    """*remote* (in its order) with *local* (in offset order) woven in: a local
-    event goes before the first remote event that the local history holds at a
-    higher offset (*twins*: span id -> local offset), and before the first
-    remote event of its lane with a higher ``seq``; the rest at the end, in
-    their order."""
+    """*remote* (in its order; an event the local history holds too, its
+    *twin*, in the local form) with *local* (in offset order) woven in: a
+    local event goes before the first remote event whose twin has a higher
+    offset, and before the first remote event of its lane with a higher
+    ``seq``; the rest at the end, in their order. Local events are told apart
+    by their offsets, which the local bus assigned."""
+    merged: list[Event] = []
     if not local:
-        return remote
+        return [twins.get(identity, event) for identity, event in remote]
     by_lane: dict[str, deque[Event]] = {}
     for event in local:
         by_lane.setdefault(event.lane_id, deque()).append(event)
-    placed: set[str] = set()
-    merged: list[Event] = []
+    placed: set[int] = set()  # offsets of the local events placed
     i = 0
 
     def place(event: Event) -> None:
-        placed.add(event.span_id)
+        placed.add(event.offset)
         merged.append(event)
 
-    for event in remote:
-        twin = twins.get(event.span_id)
+    for identity, event in remote:
+        twin = twins.get(identity)
         if twin is not None:
-            while i < len(local) and local[i].offset < twin:
-                if local[i].span_id not in placed:
+            while i < len(local) and local[i].offset < twin.offset:
+                if local[i].offset not in placed:
                     place(local[i])
                 i += 1
+            event = twin
         lane = by_lane.get(event.lane_id)
         while lane and lane[0].seq < event.seq:
             earlier = lane.popleft()
-            if earlier.span_id not in placed:
+            if earlier.offset not in placed:
                 place(earlier)
         merged.append(event)
-    merged.extend(event for event in local if event.span_id not in placed)
+    merged.extend(event for event in local if event.offset not in placed)
     return merged

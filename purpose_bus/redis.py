@@ -17,18 +17,49 @@ the bridge runs on asyncio and on trio), for Redis 6.2 or newer. Install the
   and ``ts`` and stamps a local ``offset``; the bus's guards and run lifecycle
   apply. A bridge skips its own entries (no echo).
 * **Resume.** After a lost connection both tasks reconnect with backoff: the
-  reader continues after the last stream id it processed, and the writer sends
-  the batch in flight again, which Redis applies at most once. Nothing is lost
-  or duplicated, unless a reader stays away so long that its feed is trimmed
-  past it: that loss is counted (``lost``) and logged.
+  reader continues after the last stream id it processed (ids Redis assigns:
+  each entry is read once), and the writer sends the batch in flight again,
+  which Redis applies at most once. Nothing is lost or duplicated, unless a
+  reader stays away so long that its feed is trimmed past it: that loss is
+  counted (``lost``, from Redis 7's tally of entries added to each stream) and
+  logged.
 * **Replay across processes.** :meth:`RedisBridge.replay` reads a run back from
   Redis. While the bridge is open, ``bus.subscribe(run_id=..., replay=True)``
   (without ``after``) reaches back into Redis too: entering registers on the
   local bus, then reads the whole run from Redis and merges in what only the
   local history holds of it (each lane in ``seq`` order, the terminal event
-  last); it hands those out, then live events, skipping any with a
-  ``span_id`` handed out already, and ends after the run's terminal event.
+  last); it hands those out, then live events, skipping any handed out
+  already, and ends after the run's terminal event.
   (:meth:`RedisBridge.subscribe_replay` is a shorthand for it.)
+
+**Identity.** Which entries are the same event is decided by coordinates a bus
+or Redis assigned, never by user data (``span_id`` is kept by
+``attrs.evolve``, and one object may be emitted twice: distinct events). An
+entry of another bridge is named by a digest of its ``o`` and ``e`` fields,
+that is of the origin bus's id and of the event as that bus stamped it, its
+``offset`` included (Python's ``hash``, keyed at random in each process).
+The reader files that identity for the local offset the bus gives the event
+when it imports it (for as many events as the bus's history holds); this
+bridge's own events are named by their local offset. A late joiner's merge
+(:class:`~purpose_bus._remote.MergedReplay`) compares those identities, so it
+hands out every event of the run once, evolved copies and re-emitted objects
+included, and counts exactly what it handed out of the local bus.
+
+**Hostile entries.** Anyone who can write the keys can append entries, so the
+reader judges every entry on its own and no entry moves any state of the
+reader's beyond itself: the position in each feed is the Redis id of the last
+entry read, which Redis assigns; no in-band counter is trusted. An entry is
+refused and counted (:attr:`BridgeStatistics.skipped_by_reason`) when it lacks
+``o`` or ``e``, is over ``max_size``, does not decode (``seq`` and ``offset``
+in 1 … 2**63-1 included; 0 is ``"unstamped"``), sits in the feed (or stream)
+of another partition (or run) than its ``run_id``'s, or is a copy (the same
+``o`` and ``e`` as an entry taken among the last 100,000): the next entry is
+taken as if it had not been there. An entry that passes is an event like any
+other: a writer can add events (to any run, under any origin id: Redis does
+not authenticate writers; use its ACLs), but cannot make a reader skip,
+lose or take twice an entry another bridge wrote: entries claiming the same
+origin and offset with different contents are both delivered, since
+refusing either would let a forger suppress the genuine one.
 
 Key layout (``P`` the prefix; ``k`` the run's partition, ``crc32(run_id) mod
 partitions``; the braces are Redis Cluster hash tags)::
@@ -42,9 +73,8 @@ partitions``; the braces are Redis Cluster hash tags)::
 
 A run's stream is in its partition's hash slot, so one Lua script appends a
 batch to the feed and to the runs' streams atomically. Every entry has the
-fields ``o`` (the origin id of the bridge that wrote it), ``n`` (its number
-among that bridge's entries in that feed: 1, 2, 3 ..., for loss and duplicate
-detection) and ``e`` (the encoded event). Nothing is ever unpickled: remote
+fields ``o`` (the origin id of the bridge that wrote it) and ``e`` (the
+encoded event); other fields are ignored. Nothing is ever unpickled: remote
 data goes through :func:`purpose_bus.decode`, with its size limit.
 """
 
@@ -58,7 +88,7 @@ import uuid
 import warnings
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -78,6 +108,7 @@ from ._events import Event, Visibility
 from ._exceptions import BusClosed, DecodeError
 from ._filters import KindsArg, StrArg, make_filter
 from ._overflow import Overflow
+from ._remote import ReplaySource
 from ._subscription import YIELD_INTERVAL, Subscription
 
 __all__ = ["BridgeStatistics", "RedisBridge", "partition_of"]
@@ -104,33 +135,63 @@ _MARK_TTL = 86_400
 _SPAWN_FROM = 64
 #: A write round trip stops taking events once they add up to this many bytes.
 _BATCH_BYTES = 4 << 20
-#: How many (origin, feed) entry numbers the reader remembers.
-_ORIGINS_KEPT = 10_000
+#: How many entries the reader remembers, to refuse copies of them.
+_SEEN_KEPT = 100_000
+#: How many runs' partitions the reader keeps at hand.
+_RUNS_KEPT = 10_000
+#: The longest ``o`` field accepted (a bridge's origin id is 16 characters).
+_ORIGIN_MAX = 64
+#: At most this often (s), the reader asks Redis how many entries each feed
+#: has had, to count those trimmed before it read them (``lost``); it does
+#: when fewer than _WAITING_MAX entries of the feed wait to be read.
+_LOSS_CHECK_SECONDS = 1.0
+_WAITING_MAX = 1000
 
 # Appends one partition's batch to its feed and to its runs' streams, at most
 # once per (origin, partition, batch number): a batch sent again is skipped.
 # KEYS: feed, writer mark, run streams ...; ARGV: origin, batch number, maxlen,
-# run maxlen, run ttl, mark ttl, the first entry number, then (index into KEYS,
-# encoded event) per event.
+# run maxlen, run ttl, mark ttl, then (index into KEYS, encoded event) per event.
 _APPEND = """
 local mark = redis.call('GET', KEYS[2])
 if mark and tonumber(mark) >= tonumber(ARGV[2]) then return 0 end
-local origin, n = ARGV[1], tonumber(ARGV[7])
-for i = 8, #ARGV, 2 do
+local origin = ARGV[1]
+for i = 7, #ARGV, 2 do
   local data = ARGV[i + 1]
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
-             'o', origin, 'n', string.format('%d', n), 'e', data)
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'o', origin, 'e', data)
   redis.call('XADD', KEYS[tonumber(ARGV[i])], 'MAXLEN', '~', ARGV[4], '*',
              'o', origin, 'e', data)
-  n = n + 1
 end
 for k = 3, #KEYS do redis.call('EXPIRE', KEYS[k], ARGV[5]) end
 redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[6])
-return (#ARGV - 7) / 2
+return (#ARGV - 6) / 2
 """
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
-#: Where the first entry number goes in the script's arguments (ARGV[7]).
-_FIRST_NUMBER = 6
+
+# Where each feed stands, as Redis counts, in one atomic step: per key, its
+# last id, how many entries were ever added to it (Redis 7; false on 6.2), and
+# how many of those it still holds after the reader's position ARGV[i] (false
+# from _WAITING_MAX on; 0 if ARGV[i] is empty); 0-0, 0, 0 for a stream that
+# does not exist. Read only.
+_TALLY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = {'0-0', 0, 0}
+  if redis.call('EXISTS', key) == 1 then
+    local info = redis.call('XINFO', 'STREAM', key)
+    local last, added, waiting = '0-0', false, 0
+    for j = 1, #info, 2 do
+      if info[j] == 'last-generated-id' then last = info[j + 1] end
+      if info[j] == 'entries-added' then added = info[j + 1] end
+    end
+    if ARGV[i] ~= '' and ARGV[i] ~= last then
+      waiting = #redis.call('XRANGE', key, '(' .. ARGV[i], '+', 'COUNT', MAX)
+      if waiting == MAX then waiting = false end
+    end
+    out[i] = {last, added, waiting}
+  end
+end
+return out
+""".replace("MAX", str(_WAITING_MAX))
 
 
 def partition_of(run_id: str, partitions: int) -> int:
@@ -157,13 +218,32 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _fields(values: Sequence[Any]) -> tuple[Any, Any, Any]:
-    """An entry's ``(o, n, e)`` values (``None`` where missing) from its flat
-    field/value list."""
-    if len(values) == 6 and (values[0], values[2], values[4]) == (b"o", b"n", b"e"):
-        return values[1], values[3], values[5]  # what bridges write
+def _fields(values: Sequence[Any]) -> tuple[Any, Any]:
+    """An entry's ``(o, e)`` values (``None`` where missing) from its flat
+    field/value list; other fields are ignored."""
+    if len(values) == 4 and values[0] == b"o" and values[2] == b"e":
+        return values[1], values[3]  # what bridges write
     fields = dict(zip(values[::2], values[1::2], strict=False))
-    return fields.get(b"o"), fields.get(b"n"), fields.get(b"e")
+    return fields.get(b"o"), fields.get(b"e")
+
+
+def _own(event: Event) -> tuple[str, int]:
+    """The identity of an event this bridge's bus accepted first: its offset
+    there (a tuple, so that it never equals another bridge's entry digest)."""
+    return ("own", event.offset)
+
+
+def _rows(reply: object, count: int) -> list[tuple[Any, Any, Any]]:
+    """The *count* ``(last id, entries added, entries waiting)`` rows of the
+    tally script's reply; :exc:`RedisError` (retried like any) for anything
+    else."""
+    if (
+        not isinstance(reply, list)
+        or len(reply) != count
+        or not all(isinstance(row, list) and len(row) == 3 for row in reply)
+    ):
+        raise RedisError(f"unexpected reply to the tally script: {reply!r}")
+    return [(row[0], row[1], row[2]) for row in reply]
 
 
 @attrs.frozen(kw_only=True)
@@ -189,16 +269,24 @@ class BridgeStatistics:
     #: Entries this bridge wrote itself, read back and skipped (no echo).
     own_skipped: int
     #: Remote entries known to be lost to this bridge: trimmed from a feed
-    #: before it read them (it fell more than about ``maxlen`` entries behind),
-    #: or never written by the bridge that accepted them.
+    #: before it read them (it fell more than about ``maxlen`` entries
+    #: behind). Counted from what Redis 7 tallies per stream (``XINFO
+    #: STREAM``'s ``entries-added``, less those still waiting to be read),
+    #: checked about once a second whenever fewer than 1,000 wait; not
+    #: counted on Redis 6.2.
     lost: int
     #: Entries that could not be used (from a feed or a replay), in total.
     skipped: int
-    #: ``skipped`` by reason: ``"malformed"`` (no ``o`` or ``e`` field, or a
-    #: bad ``n``), ``"oversized"`` (over ``max_size``), ``"undecodable"``
-    #: (:func:`purpose_bus.decode` refused it), ``"refused"`` (an event the bus
-    #: does not take from outside, such as an ``EventsDropped`` notice),
-    #: ``"duplicate"`` (an entry number seen before).
+    #: ``skipped`` by reason, each refusing one entry and nothing else:
+    #: ``"malformed"`` (no ``e`` field, or no ``o`` of 1 to 64 bytes),
+    #: ``"oversized"`` (over ``max_size``), ``"undecodable"``
+    #: (:func:`purpose_bus.decode` refused it, an out-of-range ``seq`` or
+    #: ``offset`` included), ``"unstamped"`` (``seq`` or ``offset`` 0: no bus
+    #: accepted it), ``"misplaced"`` (in the feed or stream of another
+    #: partition or run than its ``run_id``'s), ``"refused"`` (an event the
+    #: bus does not take from outside, such as an ``EventsDropped`` notice),
+    #: ``"duplicate"`` (the same origin and encoded event as an entry taken
+    #: before: a copy).
     skipped_by_reason: Mapping[str, int]
     #: Connections lost and recovered (reader and writer).
     reconnects: int
@@ -340,11 +428,25 @@ class RedisBridge:
         self._settled = 0
         self._settled_event: anyio.Event | None = None
         self._batch_numbers = [0] * self._partitions
-        self._entry_numbers = [0] * self._partitions
-        # The reader: the last id processed per feed, and the last entry number
-        # seen per (origin, feed).
+        # The reader: the last id processed per feed; per feed, how many of
+        # its entries are accounted for (read, or counted lost; None: Redis
+        # does not say, 6.2), and when that was last compared with Redis's
+        # tally; the identities of the last entries taken (oldest first).
         self._positions: dict[bytes, bytes] = {}
-        self._numbers: dict[tuple[bytes, bytes], int] = {}
+        self._accounted: dict[bytes, int | None] = {}
+        self._tallied = -math.inf
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._partition_of_run: dict[str, int] = {}  # a cache
+        self._partition_of_feed = {
+            feed.encode(): k for k, feed in enumerate(self._feeds)
+        }
+        # The identity of each imported event still in the bus's history, by
+        # its local offset; the tap files the one being imported.
+        self._identities: dict[int, int] = {}
+        self._identities_order: deque[int] = deque()
+        self._identities_kept = 0
+        self._importing: int | None = None
         # Counters.
         self._exported = self._export_dropped = self._batches = 0
         self._imported = self._rejected = self._filtered = self._own = 0
@@ -422,7 +524,9 @@ class RedisBridge:
             await self._task_group.start(self._write_loop)
             await self._task_group.start(self._read_loop)
             self._remove_tap = self._bus._add_tap(self._tap)
-            self._remove_source = self._bus._add_replay_source(self._replay_source)
+            self._remove_source = self._bus._add_replay_source(
+                ReplaySource(self._read_run, self._identity)
+            )
         except BaseException:
             self._closed = self._stopped = True
             if self._task_group is not None:
@@ -487,24 +591,26 @@ class RedisBridge:
 
     async def _prepare_server(self, client: coredis.Redis[bytes]) -> None:
         """One round trip: load the script, check the partition count, and note
-        the last id of every feed (the reader starts after it)."""
+        where every feed stands (the reader starts after its last id)."""
         meta = f"{{{self._prefix}}}:partitions"
         async with client.pipeline(transaction=False) as pipe:
             pipe.script_load(_APPEND)
             pipe.set(meta, self._partitions, condition=coredis.PureToken.NX)
             stored = pipe.get(meta)
-            lasts = [pipe.xrevrange(feed, count=1) for feed in self._feeds]
+            tally = pipe.eval(_TALLY, keys=self._feeds, args=[""] * len(self._feeds))
         if (await stored or b"") != str(self._partitions).encode():
             raise ValueError(
                 f"prefix {self._prefix!r} is used with {_text(await stored)}"
                 f" partitions, not {self._partitions}"
             )
-        for feed, last in zip(self._feeds, lasts, strict=True):
-            entries = await last
-            position = entries[0].identifier if entries else b"0-0"
-            self._positions[feed.encode()] = (
-                position.encode() if isinstance(position, str) else position
-            )
+        for feed, (last, added, _) in zip(
+            self._feeds, _rows(await tally, self._partitions), strict=True
+        ):
+            key = feed.encode()
+            self._positions[key] = last.encode() if isinstance(last, str) else last
+            self._accounted[key] = added if isinstance(added, int) else None
+        self._tallied = anyio.current_time()
+        self._identities_kept = self._bus._history.size  # no more can be asked for
 
     # -- statistics and logs -------------------------------------------------------
 
@@ -551,8 +657,12 @@ class RedisBridge:
 
     def _tap(self, event: Event, source: object) -> None:
         """Called by the bus, on the loop, with every event it accepts."""
-        if source is not None or event.visibility > self._level:
-            return  # from Redis (or another bridge): never sent back; or private
+        if source is not None:  # from Redis (or another bridge): never sent back
+            if source is self and self._importing is not None:
+                self._file_identity(event.offset, self._importing)
+            return
+        if event.visibility > self._level:
+            return
         self._accepted += 1
         if len(self._pending) >= self._max_pending and not event.terminal:
             self._settled += 1
@@ -636,9 +746,6 @@ class RedisBridge:
                 index = batch.runs[run_id] = len(batch.keys)
             batch.args += (index, data)
             batch.count += 1
-        for batch in batches.values():
-            batch.args[_FIRST_NUMBER] = self._entry_numbers[batch.partition] + 1
-            self._entry_numbers[batch.partition] += batch.count
         return list(batches.values()), taken
 
     def _new_batch(self, partition: int) -> _Batch:
@@ -651,7 +758,6 @@ class RedisBridge:
             self._run_maxlen,
             self._run_ttl,
             _MARK_TTL,
-            0,  # the first entry number, set when the batch is complete
         ]
         return _Batch(partition, [self._feeds[partition], mark], args)
 
@@ -745,6 +851,8 @@ class RedisBridge:
         task_status.started()
         while True:
             try:
+                if anyio.current_time() - self._tallied >= _LOSS_CHECK_SECONDS:
+                    await self._count_lost(client)
                 with anyio.fail_after(_BLOCK_MS / 1000 + _SLACK):
                     response = await client.xread(
                         positions, count=_READ_COUNT, block=_BLOCK_MS
@@ -761,91 +869,162 @@ class RedisBridge:
             except BusClosed:
                 return  # the bus closed under the bridge: nothing more to do
 
+    async def _count_lost(self, client: coredis.Redis[bytes]) -> None:
+        """Compare what the reader accounted for with Redis's tally of each
+        feed: the entries added that it neither read nor finds waiting after
+        its position were trimmed before it could read them (or deleted)."""
+        self._tallied = anyio.current_time()  # failing, it is tried again later
+        positions = [self._positions[feed.encode()] for feed in self._feeds]
+        with anyio.fail_after(_SLACK):
+            reply = await client.eval(_TALLY, keys=self._feeds, args=positions)
+        for feed, (_, added, waiting) in zip(
+            self._feeds, _rows(reply, self._partitions), strict=True
+        ):
+            key = feed.encode()
+            accounted = self._accounted[key]
+            if accounted is None or not isinstance(added, int):
+                continue  # Redis 6.2: no tally
+            if not isinstance(waiting, int):
+                continue  # far behind: counted once it has caught up
+            missing = added - waiting - accounted
+            if missing > 0:
+                self._lost += missing
+                self._log_once(
+                    "lost",
+                    "lost %d entries in %s: trimmed before they were read"
+                    " (raise maxlen), or deleted",
+                    missing,
+                    feed,
+                )
+            # (also when fewer were added than read: the feed was made anew)
+            self._accounted[key] = added - waiting
+
     async def _take_response(
         self, response: Mapping[Any, Any], positions: dict[bytes, bytes]
     ) -> None:
         taken = 0
+        accounted = self._accounted
         for key, entries in response.items():
             for identifier, values in entries:
                 await self._take(key, identifier, values)
                 positions[key] = identifier
+                count = accounted[key]
+                if count is not None:
+                    accounted[key] = count + 1
                 taken += 1
                 if taken % YIELD_INTERVAL == 0:
                     await checkpoint()
 
     async def _take(self, key: bytes, identifier: bytes, values: Any) -> None:
-        origin, number, data = _fields(values)
+        """Take one feed entry: refuse and count it if it is not an event this
+        bridge may import (see :class:`BridgeStatistics`), else hand it to the
+        bus. Only this entry is concerned, whatever it holds: no state of the
+        reader's is moved by what an entry claims."""
+        origin, data = _fields(values)
         if origin == self._origin_bytes:
             self._own += 1
             return
-        if (
-            origin is not None
-            and number is not None
-            and data is not None
-            and not self._in_sequence(key, identifier, origin, number)
-        ):
+        identity = self._identity_of_entry(key, identifier, origin, data)
+        if identity is None:
             return
-        event = self._decode(key, identifier, origin, data)
-        if event is None:
+        if identity in self._seen:
+            self._skip("duplicate", key, identifier, "a copy of an entry taken before")
+            return
+        event = self._decode(key, identifier, data)
+        if event is None or not self._placed(key, identifier, event):
             return
         if event.visibility > self._level:
             self._filtered += 1
             return
+        self._remember(identity)
+        self._importing = identity
         try:
             accepted = await self._bus._ingest(event, self)
         except TypeError as exc:
             self._skip("refused", key, identifier, str(exc))
             return
+        finally:
+            self._importing = None
         if accepted is None:
             self._rejected += 1
         else:
             self._imported += 1
 
-    def _in_sequence(self, key: bytes, identifier: bytes, origin: Any, n: Any) -> bool:
-        """Check an entry's number against the last one seen from its origin in
-        this feed: count a gap as lost; refuse a duplicate."""
-        try:
-            number = int(n)
-        except ValueError:
-            self._skip("malformed", key, identifier, f"'n' is not a number: {n!r}")
-            return False
-        numbers = self._numbers
-        last = numbers.get((origin, key))
-        if last is not None:
-            if number <= last:
-                self._skip("duplicate", key, identifier, f"entry {number} seen before")
-                return False
-            if number > last + 1:
-                self._lost += number - last - 1
-                self._log_once(
-                    "lost",
-                    "lost %d entries of bridge %s in %s before %s: trimmed before"
-                    " they were read (raise maxlen), or never written",
-                    number - last - 1,
-                    _text(origin),
-                    _text(key),
-                    _text(identifier),
-                )
-        elif len(numbers) >= _ORIGINS_KEPT:
-            del numbers[next(iter(numbers))]
-        numbers[origin, key] = number
-        return True
-
-    def _decode(
+    def _identity_of_entry(
         self, key: bytes | str, identifier: object, origin: Any, data: Any
-    ) -> Event | None:
-        if data is None or origin is None:
-            self._skip("malformed", key, identifier, "no 'o' or no 'e' field")
+    ) -> int | None:
+        """The identity of another bridge's entry: a digest of its origin and
+        encoded event (so of the origin's offset, which is in it); ``None``
+        (counted) if it lacks either, or is too large to be read.
+
+        The digest is Python's ``hash``, a SipHash keyed at random in each
+        process: 64 bits nobody outside can compute, the same for a feed's and
+        a run stream's copy of an entry within the process (all it is used
+        for). Two different entries share one by chance about once in 10**14
+        entries read against the 100,000 remembered; the later one is then
+        counted as a duplicate."""
+        if (
+            data is None
+            or not isinstance(origin, bytes)
+            or not 0 < len(origin) <= _ORIGIN_MAX
+        ):
+            self._skip("malformed", key, identifier, "no 'e', or no 'o' of 1-64 bytes")
             return None
         if len(data) > self._max_size:
             why = f"{len(data)} bytes, over max_size={self._max_size}"
             self._skip("oversized", key, identifier, why)
             return None
+        return hash((origin, data))
+
+    def _remember(self, identity: int) -> None:
+        seen, order = self._seen, self._seen_order
+        seen.add(identity)
+        order.append(identity)
+        if len(order) > _SEEN_KEPT:
+            seen.discard(order.popleft())
+
+    def _file_identity(self, offset: int, identity: int) -> None:
+        identities, order = self._identities, self._identities_order
+        identities[offset] = identity
+        order.append(offset)
+        if len(order) > self._identities_kept:
+            del identities[order.popleft()]
+
+    def _decode(
+        self, key: bytes | str, identifier: object, data: bytes
+    ) -> Event | None:
+        """Decode an entry's event; ``None`` (counted) if it is not one that
+        crossed processes: undecodable, or not stamped by a bus."""
         try:
-            return decode(data, max_size=self._max_size)
+            event = decode(data, max_size=self._max_size)
         except DecodeError as exc:
             self._skip("undecodable", key, identifier, str(exc))
             return None
+        if event.seq < 1 or event.offset < 1:
+            why = f"seq {event.seq}, offset {event.offset}: no bus stamped it"
+            self._skip("unstamped", key, identifier, why)
+            return None
+        return event
+
+    def _placed(self, key: bytes | str, identifier: object, event: Event) -> bool:
+        """Whether *event* is where its run's entries go (*key* a feed: the feed
+        of its run's partition; else its run's stream); else count it."""
+        partition = self._partition_of_feed.get(key) if isinstance(key, bytes) else None
+        if partition is not None:
+            run_id = event.run_id
+            of_run = self._partition_of_run.get(run_id)
+            if of_run is None:
+                of_run = partition_of(run_id, self._partitions)
+                if len(self._partition_of_run) >= _RUNS_KEPT:
+                    self._partition_of_run.clear()
+                self._partition_of_run[run_id] = of_run
+            if of_run == partition:
+                return True
+        elif key == self.run_key(event.run_id):
+            return True
+        why = f"an event of run {event.run_id!r} in {_text(key)}"
+        self._skip("misplaced", key, identifier, why)
+        return False
 
     # -- replay across processes ----------------------------------------------------
 
@@ -863,7 +1042,8 @@ class RedisBridge:
         :meth:`EventBus.replay`), in the order they were appended; never above
         the bridge's visibility level. They come as the bus that first accepted
         them stamped them (``offset`` is that bus's). Entries that cannot be
-        decoded are skipped and counted.
+        used (see :class:`BridgeStatistics`), copies of an entry read before
+        among them, are skipped and counted.
 
         A checkpoint; reads 1,000 entries per round trip. A lost connection is
         retried with backoff (5 attempts, then the error is raised). Cancelled,
@@ -879,20 +1059,46 @@ class RedisBridge:
         )
         flt = attrs.evolve(flt, visibility=min(flt.visibility, self._level))
         since_seq = _count("since_seq", since_seq, 0)
+        self._require_open()
+        return [
+            event
+            for _, event in await self._read_run(run_id)
+            if event.seq > since_seq and flt.matches(event)
+        ]
+
+    async def _read_run(self, run_id: str) -> list[tuple[Hashable, Event]]:
+        """The bus's replay source: every usable entry of the run's stream up
+        to the bridge's level, in order, each with its identity: this bridge's
+        own events by their offset (as :meth:`_identity` calls them in the
+        local history), other bridges' by the digest the reader files too."""
         client = self._require_open()
         key = self.run_key(run_id)
-        events: list[Event] = []
+        events: list[tuple[Hashable, Event]] = []
+        seen: set[Hashable] = set()
         start = b"-"
         while True:
             entries = await self._range(client, key, start)
             for identifier, values in entries:
-                origin, _, data = _fields(values)
-                event = self._decode(key, identifier, origin, data)
-                if event is not None and event.seq > since_seq and flt.matches(event):
-                    events.append(event)
+                origin, data = _fields(values)
+                digest = self._identity_of_entry(key, identifier, origin, data)
+                event = None if digest is None else self._decode(key, identifier, data)
+                if event is None or not self._placed(key, identifier, event):
+                    continue
+                identity = _own(event) if origin == self._origin_bytes else digest
+                if identity in seen:
+                    self._skip("duplicate", key, identifier, "a copy of an entry")
+                elif event.visibility <= self._level:
+                    seen.add(identity)
+                    events.append((identity, event))
             if len(entries) < _READ_COUNT:
                 return events
             start = b"(" + entries[-1][0]
+
+    def _identity(self, event: Event) -> Hashable:
+        """The identity of an event of the local history (see
+        :meth:`_read_run`): the imported ones' as filed, others' their offset."""
+        identity = self._identities.get(event.offset)
+        return _own(event) if identity is None else identity
 
     async def _range(
         self, client: coredis.Redis[bytes], key: str, start: bytes
@@ -907,11 +1113,6 @@ class RedisBridge:
                 if backoff.failures >= 4:
                     raise
                 await self._failed("replay", exc, backoff)
-
-    async def _replay_source(self, run_id: str) -> list[Event]:
-        """The bus's replay source: the whole run, from Redis (up to the
-        bridge's level; the subscription applies its own filters)."""
-        return await self.replay(run_id=run_id, visibility=Visibility.PRIVATE)
 
     def subscribe_replay(
         self,

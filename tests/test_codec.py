@@ -668,3 +668,67 @@ class TestEncodeErrors:
     def test_events_dropped_is_encodable(self) -> None:
         event = EventsDropped(run_id="r", count=3, first_offset=4, last_offset=6)
         assert decode(encode(event)) == event
+
+
+class TestRanges:
+    """``seq`` and ``offset`` are in 0 … 2**63-1 (0: not stamped yet), and an
+    ``EventsDropped`` notice's numbers are consistent; both directions refuse
+    what breaks it, and decode says which rule failed."""
+
+    @pytest.mark.parametrize("field", ["seq", "offset"])
+    @pytest.mark.parametrize(
+        "value",
+        [2**63, 2**70, 10**23, int("9" * 4300)],
+        ids=["2**63", "2**70", "10**23", "4300 digits"],
+    )
+    def test_a_counter_too_large_is_refused(self, field: str, value: int) -> None:
+        text = _log(**{field: 0}).decode().replace(f'"{field}":0', f'"{field}":{value}')
+        message = _decode_error(text)
+        assert f"field {field}: must be at most 2**63-1" in message
+        with pytest.raises(ValueError, match=rf"{field}: must be at most 2\*\*63-1"):
+            encode(
+                Log(run_id="r", message="m", seq=value)
+                if field == "seq"
+                else Log(run_id="r", message="m", offset=value)
+            )
+
+    @pytest.mark.parametrize("value", [0, 1, 2**63 - 1])
+    def test_the_bounds_are_accepted(self, value: int) -> None:
+        event = Log(run_id="r", message="m", seq=value, offset=value)
+        assert decode(encode(event)) == event
+
+    def test_more_digits_than_python_parses_is_undecodable(self) -> None:
+        text = _log(seq=0).decode().replace('"seq":0', '"seq":' + "9" * 4301)
+        assert "not valid JSON" in _decode_error(text)
+
+    @pytest.mark.parametrize(
+        ("numbers", "message"),
+        [
+            ((-5, 1, 1), "count must be in 1 … 2**63-1, got -5"),
+            ((0, 1, 1), "count must be in 1 … 2**63-1, got 0"),
+            ((2**63, 1, 1), "count must be in 1 … 2**63-1"),
+            ((1, 0, 0), "first_offset must be in 1 … 2**63-1, got 0"),
+            ((1, 5, 4), "last_offset must be in first_offset (5) … 2**63-1, got 4"),
+            ((1, 5, 2**63), "last_offset must be in first_offset (5) … 2**63-1"),
+        ],
+    )
+    def test_a_notice_breaking_its_rule(
+        self, numbers: tuple[int, int, int], message: str
+    ) -> None:
+        count, first, last = numbers
+        notice = EventsDropped(
+            run_id="r", count=count, first_offset=first, last_offset=last
+        )
+        with pytest.raises(ValueError, match=r"encode 'events\.dropped'") as info:
+            encode(notice)
+        assert message in str(info.value)
+        valid = EventsDropped(run_id="r", count=1, first_offset=1, last_offset=1)
+        data = json.loads(encode(valid))
+        data.update(count=count, first_offset=first, last_offset=last)
+        assert f"'events.dropped' event: {message}" in _decode_error(json.dumps(data))
+
+    def test_a_notice_within_its_rule(self) -> None:
+        notice = EventsDropped(
+            run_id="r", count=3, first_offset=2**63 - 3, last_offset=2**63 - 1
+        )
+        assert decode(encode(notice)) == notice

@@ -5,11 +5,12 @@ cases are in ``test_redis.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
+from attrs import evolve
 from helpers import delta, drain, texts
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,28 +25,46 @@ from purpose_bus import (
     Subscription,
     Visibility,
 )
-from purpose_bus._remote import MergedReplay
+from purpose_bus._remote import MergedReplay, ReplaySource
 
 PRIVATE = Visibility.PRIVATE
 
 
 class Source:
-    """Holds runs of "another process": events as that process stamped them."""
+    """Holds runs of "another process" (events as that process stamped them),
+    or of this one (*own*: events this bus stamped), and names them as a
+    bridge does: by the bus that stamped them and its offset."""
 
-    def __init__(self, events: Sequence[Event] = ()) -> None:
+    def __init__(self, events: Sequence[Event] = (), *, own: bool = False) -> None:
         self.events = list(events)
+        self.origin = "here" if own else "elsewhere"
         self.asked: list[str] = []
         self.gate: anyio.Event | None = None
         self.error: BaseException | None = None
+        self.imported: dict[int, Hashable] = {}  # local offset -> identity
 
-    async def __call__(self, run_id: str) -> list[Event]:
+    async def read(self, run_id: str) -> list[tuple[Hashable, Event]]:
         self.asked.append(run_id)
         if self.gate is not None:
             await self.gate.wait()
         await checkpoint()
         if self.error is not None:
             raise self.error
-        return [e for e in self.events if e.run_id == run_id]
+        return [((self.origin, e.offset), e) for e in self.events if e.run_id == run_id]
+
+    def identity(self, event: Event) -> Hashable:
+        return self.imported.get(event.offset, ("here", event.offset))
+
+    async def ingest(self, bus: EventBus, event: Event) -> Event | None:
+        """Import *event* (as stamped elsewhere) into *bus*, as a bridge does."""
+        accepted = await bus._ingest(event, self)
+        if accepted is not None:
+            self.imported[accepted.offset] = ("elsewhere", event.offset)
+        return accepted
+
+
+def add_source(bus: EventBus, source: Source) -> Callable[[], None]:
+    return bus._add_replay_source(ReplaySource(source.read, source.identity))
 
 
 async def elsewhere(*events: Event) -> list[Event]:
@@ -62,7 +81,7 @@ async def elsewhere(*events: Event) -> list[Event]:
 class TestWhenASourceIsUsed:
     async def test_only_run_scoped_replays_without_after(self) -> None:
         async with EventBus() as bus:
-            remove = bus._add_replay_source(Source())
+            remove = add_source(bus, Source())
             assert isinstance(bus.subscribe(run_id="r1", replay=True), MergedReplay)
             for sub in [
                 bus.subscribe(run_id="r1"),
@@ -79,7 +98,7 @@ class TestWhenASourceIsUsed:
         bridge closed in between is not read)."""
         source = Source(await elsewhere(delta("remote")))
         async with EventBus() as bus:
-            remove = bus._add_replay_source(source)
+            remove = add_source(bus, source)
             bus.emit(delta("local"))
             sub = bus.subscribe(run_id="r1", replay=True)
             remove()
@@ -99,7 +118,7 @@ class TestWhenASourceIsUsed:
         )
         source = Source(remote)
         async with EventBus() as bus:
-            bus._add_replay_source(source)
+            add_source(bus, source)
             sub = bus.subscribe(
                 run_id="r1", lane_id="a", kinds=MessageDelta, replay=True
             )
@@ -113,10 +132,11 @@ class TestOrder:
     async def test_source_first_then_history_then_live_each_once(self) -> None:
         remote = await elsewhere(RunStarted(run_id="r1"), *map(delta, "abc"))
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            source = Source(remote)
+            add_source(bus, source)
             # The local bus holds some of them (imported), and one of its own.
             for event in remote[2:]:
-                await bus._ingest(event, "remote")
+                await source.ingest(bus, event)
             bus.emit(delta("local"))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 bus.emit(delta("live"))
@@ -150,7 +170,7 @@ class TestOrder:
                 bus.emit(event)
             everything = bus.replay(run_id="r1", visibility=PRIVATE)
             public = [e for e in everything if e.visibility == Visibility.PUBLIC]
-            bus._add_replay_source(Source(public))
+            add_source(bus, Source(public, own=True))
             sub = bus.subscribe(run_id="r1", replay=True, visibility=PRIVATE)
             async with sub:
                 with anyio.fail_after(5):
@@ -166,6 +186,23 @@ class TestOrder:
             with pytest.raises(anyio.ClosedResourceError):
                 await sub.receive()
 
+    async def test_what_only_the_history_holds_goes_by_its_lanes_seq(self) -> None:
+        """No event is in both: a local one goes before the first source event
+        of its lane with a higher ``seq``."""
+        remote = await elsewhere(
+            delta("a"),
+            MessageDelta(run_id="r1", text="p", visibility=PRIVATE),
+            delta("b"),
+        )
+        async with EventBus() as bus:
+            source = Source([remote[0], remote[2]])  # Redis holds the public ones
+            add_source(bus, source)
+            await source.ingest(bus, remote[1])  # the history, the private one
+            sub = bus.subscribe(run_id="r1", replay=True, visibility=PRIVATE)
+            async with sub:
+                assert texts(drain(sub)) == ["a", "p", "b"]
+                assert sub.statistics().delivered == 1
+
     async def test_a_local_event_after_the_sources_terminal_is_counted_dropped(
         self,
     ) -> None:
@@ -174,7 +211,7 @@ class TestOrder:
         after the terminal, and it is counted as dropped, not lost silently."""
         remote = await elsewhere(RunStarted(run_id="r1"), RunFinished(run_id="r1"))
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            add_source(bus, Source(remote))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 bus.emit(delta("late"))
                 with anyio.fail_after(5):
@@ -185,7 +222,7 @@ class TestOrder:
 
     async def test_nothing_in_the_source_is_plain_replay(self) -> None:
         async with EventBus() as bus:
-            bus._add_replay_source(Source())
+            add_source(bus, Source())
             bus.emit(delta("a"))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 bus.emit(delta("b"))
@@ -197,7 +234,7 @@ class TestCancellationAndFailure:
         source = Source()
         source.gate = anyio.Event()
         async with EventBus() as bus:
-            bus._add_replay_source(source)
+            add_source(bus, source)
             sub = bus.subscribe(run_id="r1", replay=True)
             with anyio.CancelScope() as scope:
 
@@ -219,7 +256,7 @@ class TestCancellationAndFailure:
         source = Source()
         source.error = ConnectionError("redis is down")
         async with EventBus() as bus:
-            bus._add_replay_source(source)
+            add_source(bus, source)
             sub = bus.subscribe(run_id="r1", replay=True)
             with pytest.raises(ConnectionError, match="redis is down"):
                 async with sub:
@@ -233,7 +270,7 @@ class TestReceiving:
     async def test_receive_nowait_and_close(self) -> None:
         remote = await elsewhere(delta("a"), delta("b"))
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            add_source(bus, Source(remote))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 assert texts([sub.receive_nowait()]) == ["a"]
                 assert texts([sub.receive_nowait()]) == ["b"]
@@ -251,7 +288,7 @@ class TestReceiving:
             MessageDelta(run_id="r1", text="internal", visibility=Visibility.INTERNAL),
         )
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            add_source(bus, Source(remote))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 assert texts(drain(sub)) == ["public"]
 
@@ -275,7 +312,7 @@ async def receive(
 
 class TestGapless:
     @given(
-        deltas=st.integers(0, 10),
+        shapes=st.lists(st.sampled_from(["new", "evolved", "again"]), max_size=10),
         finished=st.booleans(),
         cuts=st.lists(st.integers(0, 12), min_size=3, max_size=3),
         early=st.integers(0, 12),
@@ -284,7 +321,7 @@ class TestGapless:
     )
     async def test_every_event_once_in_order(
         self,
-        deltas: int,
+        shapes: list[str],
         finished: bool,
         cuts: list[int],
         early: int,
@@ -296,34 +333,51 @@ class TestGapless:
         ``b <= a`` (it joined the run late), and the rest arrives live after
         entering (*early* of it before the first receive). Every event is
         handed out once, in the run's order, and the subscription ends after
-        the terminal event (if there is one)."""
-        run = [
-            RunStarted(run_id="r1"),
-            *(delta(str(i)) for i in range(deltas)),
-            *([RunFinished(run_id="r1")] if finished else []),
-        ]
+        the terminal event (if there is one). The deltas are new objects,
+        evolved copies of the one before (same ``span_id``), or the one before
+        emitted again: distinct events all the same."""
+        run: list[Event] = [RunStarted(run_id="r1")]
+        for i, shape in enumerate(shapes):
+            last = run[-1]
+            if shape == "new" or not isinstance(last, MessageDelta):
+                run.append(delta(str(i)))
+            else:
+                run.append(last if shape == "again" else evolve(last, text=str(i)))
+        if finished:
+            run.append(RunFinished(run_id="r1"))
         remote = await elsewhere(*run)
         n = len(remote)
         a, b, c = (min(cut, n) for cut in cuts)
         a, b = max(a, b), min(a, b)  # b <= a: together they reach back to 0
         c = max(b, c)
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote[:a]))
+            source = Source(remote[:a])
+            add_source(bus, source)
             for event in remote[b:c]:
-                await bus._ingest(event, "remote")
+                await source.ingest(bus, event)
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 live = remote[c:]
                 for event in live[:early]:
-                    await bus._ingest(event, "remote")
+                    await source.ingest(bus, event)
                 got = drain(sub) if mode == "receive_nowait" else []
                 for event in live[early:]:
-                    await bus._ingest(event, "remote")
+                    await source.ingest(bus, event)
                 with anyio.fail_after(5):
                     got += await receive(sub, n - len(got), mode, max_items)
-                assert [e.span_id for e in got] == [e.span_id for e in remote]
+                assert [(e.seq, e.ts, e.span_id) for e in got] == [
+                    (e.seq, e.ts, e.span_id) for e in remote
+                ]
                 if finished:
                     with anyio.fail_after(5), pytest.raises(anyio.EndOfStream):
                         await sub.receive()
                 else:
                     with pytest.raises(anyio.WouldBlock):
                         sub.receive_nowait()
+                # Every event of the local bus it matched was handed out once
+                # (the copies of merged ones are counted as they are skipped);
+                # one that ended at the source's terminal matched fewer.
+                stats = sub.statistics()
+                assert stats.dropped == stats.buffered == 0
+                assert stats.delivered <= c - b + len(live)
+                if not finished:
+                    assert stats.delivered == c - b + len(live)
