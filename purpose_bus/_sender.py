@@ -1,22 +1,28 @@
 """The drop-oldest sender: one subscription's bounded buffer on an AnyIO memory
-object stream, with overflow policies and terminal priority.
+object stream, with overflow policies and terminal priority, at a cost per event
+that does not grow with what the buffer holds.
 
 The AnyIO stream itself is unbounded; this sender enforces the subscription's
-``buffer_size``. It evicts from the head of the stream with the receive end's
-``receive_nowait()`` (AnyIO has no public way to evict from the send side).
+``buffer_size``. The stream carries the evictable (non-terminal) events only.
+Terminal events and loss markers are kept beside it, each with its *position*:
+the number of stream items that come before it. So the oldest evictable event
+is always the head of the stream, evicted with the receive end's
+``receive_nowait()`` (AnyIO has no public way to evict from the send side), and
+the newest one is the tail, marked dead where it is (a run of dead stream
+indices) and skipped when it reaches the head. Every operation is O(1)
+amortized, whatever terminal events the buffer holds.
+
 Receivers never wait inside the stream: they wait on an :class:`anyio.Event` and
 then take with ``receive_nowait()``, so every event stays in the stream's buffer
 until it is taken, a cancelled receiver loses nothing, and the count of buffered
 events is exact.
 
-The stream is made when the first item is sent into it: an idle subscription
+The stream is made when the first event is sent into it: an idle subscription
 (one that has matched nothing yet) costs only this object and its counters.
 
-Losses are remembered, when the subscriber asked for ``gap_events``, as gap
-markers at the position of the loss: in the stream (where an event was
-discarded or evicted from the middle) or, for evictions at the head, in
-``_head_gap`` which precedes everything in the stream. A receiver turns a
-marker into an :class:`~purpose_bus.EventsDropped` notice.
+Losses are remembered, when the subscriber asked for ``gap_events``, as loss
+markers at the position of the loss; adjacent markers are handed out as one
+:class:`~purpose_bus.EventsDropped` notice.
 
 Everything here runs on the bus's event loop thread.
 """
@@ -24,6 +30,7 @@ Everything here runs on the bus's event loop thread.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TypeVar, Union
 
@@ -91,15 +98,20 @@ Item = Union[Event, Gap]  # noqa: UP007  (a runtime alias)
 
 class OverflowSender:
     """One subscription's buffer: the send and receive ends of an unbounded AnyIO
-    memory object stream (made when the first item is sent), plus the counters.
+    memory object stream (made when the first event is sent) holding the
+    evictable events, the terminal events and loss markers beside it (with
+    their positions), and the counters.
 
     ``matched == delivered + dropped + buffered`` holds after every method.
     """
 
     __slots__ = (
         "_closed",
+        "_dead",
+        "_dead_count",
+        "_due",
         "_evicts_at_once",
-        "_head_gap",
+        "_pending",
         "_policy",
         "_receive",
         "_receive_nowait",
@@ -107,6 +119,7 @@ class OverflowSender:
         "_send",
         "_send_nowait",
         "_tail_gap",
+        "_taken",
         "_terminals",
         "_waiter",
         "bound",
@@ -119,12 +132,23 @@ class OverflowSender:
     )
 
     def __init__(self, bound: int, policy: Overflow, gap_events: bool) -> None:
-        self._send: MemoryObjectSendStream[Item] | None = None
-        self._receive: MemoryObjectReceiveStream[Item] | None = None
-        self._send_nowait: Callable[[Item], None] | None = None
-        self._receive_nowait: Callable[[], Item] | None = None
+        self._send: MemoryObjectSendStream[Event] | None = None
+        self._receive: MemoryObjectReceiveStream[Event] | None = None
+        self._send_nowait: Callable[[Event], None] | None = None
+        self._receive_nowait: Callable[[], Event] | None = None
         self._policy = policy
-        self._head_gap: Gap | None = None
+        #: Stream items taken from the head so far (received or evicted): the
+        #: index of the stream's head.
+        self._taken = 0
+        #: Terminal events and loss markers that come before the stream's head.
+        self._due: deque[Item] = deque()
+        #: ``(position, item)`` for those that come later, by position.
+        self._pending: deque[tuple[int, Item]] = deque()
+        #: ``DROP_NEWEST``: runs ``[start, end)`` of dead stream indices
+        #: (evicted in place by a terminal event), by index, never adjacent.
+        self._dead: deque[list[int]] = deque()
+        self._dead_count = 0
+        #: The loss marker that is the last item of all, if one is.
         self._tail_gap: Gap | None = None
         self._terminals = 0
         self._waiter: anyio.Event | None = None
@@ -149,21 +173,35 @@ class OverflowSender:
         """Whether a live event would meet a full buffer."""
         return self.buffered >= self.bound
 
-    def _open(self) -> Callable[[Item], None]:
+    def _open(self) -> Callable[[Event], None]:
         """Make the stream (on the first send); return its ``send_nowait``."""
         if self.ended:
             raise anyio.ClosedResourceError
-        send, receive = anyio.create_memory_object_stream[Item](math.inf)
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
         self._send, self._receive = send, receive
         self._receive_nowait = receive.receive_nowait
         self._send_nowait = send.send_nowait
         return send.send_nowait
 
-    def _put(self, item: Item) -> None:
-        send = self._send_nowait
-        if send is None:
-            send = self._open()
-        send(item)
+    def _in_stream(self) -> int:
+        """How many items the stream holds (dead ones included)."""
+        return self.buffered - self._terminals + self._dead_count
+
+    def _put_beside(self, item: Item) -> None:
+        """Put a terminal event or a loss marker after everything held."""
+        if self.ended:
+            raise anyio.ClosedResourceError
+        in_stream = self._in_stream()
+        if in_stream:
+            self._pending.append((self._taken + in_stream, item))
+        else:
+            self._due.append(item)
+
+    def _settle(self) -> None:
+        """Move what now comes before the stream's head from pending to due."""
+        pending, taken = self._pending, self._taken
+        while pending and pending[0][0] <= taken:
+            self._due.append(pending.popleft()[1])
 
     # -- the send side --------------------------------------------------------
 
@@ -174,11 +212,14 @@ class OverflowSender:
         """
         # The emit hot path is offer_each(), which inlines the common cases.
         self.matched += 1
+        if self.buffered >= self.bound and self._policy is not Overflow.BLOCK:
+            if self._policy is Overflow.DROP_NEWEST or self.buffered == self._terminals:
+                self._lose_incoming(event)
+                return
+            self._evict_oldest()
         send = self._send_nowait
         if send is None:
             send = self._open()
-        elif self.buffered >= self.bound and not self._made_room(event):
-            return
         send(event)
         self.buffered += 1
         self._tail_gap = None
@@ -186,29 +227,24 @@ class OverflowSender:
             self._wake()
 
     def offer_terminal(self, event: Event) -> None:
-        """:meth:`offer` for a terminal event: it is never dropped."""
+        """:meth:`offer` for a terminal event: it is never dropped. In a full
+        buffer it makes room the policy's way (evicting the oldest or the newest
+        evictable event), or goes in beyond the bound if there is none."""
         self.matched += 1
-        if self.buffered >= self.bound:
-            self._made_room(event)
-        self._put(event)
+        if (
+            self.buffered >= self.bound
+            and self._policy is not Overflow.BLOCK
+            and self.buffered > self._terminals
+        ):
+            if self._policy is Overflow.DROP_OLDEST:
+                self._evict_oldest()
+            else:
+                self._kill_newest()
+        self._put_beside(event)
         self.buffered += 1
         self._terminals += 1
         self._tail_gap = None
         self._wake()
-
-    def _made_room(self, event: Event) -> bool:
-        """The buffer is full: apply the policy. Return whether *event* goes in
-        (it was counted as dropped otherwise)."""
-        policy = self._policy
-        if policy is Overflow.DROP_OLDEST and not self._terminals:
-            self._evict_head()
-            return True
-        if policy is Overflow.BLOCK:
-            return True
-        if policy is Overflow.DROP_NEWEST and not event.terminal:
-            self._lose_incoming(event)
-            return False
-        return self._make_room(event)
 
     def lose(
         self, count: int, first: int, last: int, run_id: str, lane_id: str
@@ -218,11 +254,7 @@ class OverflowSender:
         self.matched += count
         self.dropped += count
         if self.gap_events:
-            gap = self._tail_gap
-            if gap is None:
-                gap = self._tail_gap = Gap()
-                self._put(gap)
-            gap.add_range(count, first, last, run_id, lane_id)
+            self._gap_at_tail().add_range(count, first, last, run_id, lane_id)
             self._wake()
 
     def end(self) -> None:
@@ -240,7 +272,11 @@ class OverflowSender:
         and the receive end is closed. Idempotent."""
         self.end()
         self._closed = True
-        self._head_gap = self._tail_gap = None
+        self._tail_gap = None
+        self._due.clear()
+        self._pending.clear()
+        self._dead.clear()
+        self._dead_count = 0
         self.dropped += self.buffered
         self.buffered = 0
         self._terminals = 0
@@ -250,88 +286,65 @@ class OverflowSender:
     def _lose_incoming(self, event: Event) -> None:
         self.dropped += 1
         if self.gap_events:
-            gap = self._tail_gap
-            if gap is None:
-                gap = self._tail_gap = Gap()
-                self._put(gap)
-            gap.add(event)
+            self._gap_at_tail().add(event)
             self._wake()
 
-    def _evict_head(self) -> None:
-        # No terminal event is buffered, so the head is an event we may drop
-        # (possibly behind gap markers, which join the head gap).
-        receive = self._receive_nowait
-        assert receive is not None
-        while True:
-            item = receive()
-            if type(item) is Gap:
-                self._gap_at_head().merge(item)
-                continue
-            self.buffered -= 1
-            self.dropped += 1
-            if self.gap_events:
-                self._gap_at_head().add(item)  # type: ignore[arg-type]
-            return
-
-    def _gap_at_head(self) -> Gap:
-        if self._head_gap is None:
-            self._head_gap = Gap()
-        return self._head_gap
-
-    def _make_room(self, event: Event) -> bool:
-        # The slow path: drain the stream, pick the victim, put the rest back.
-        items = self._drain()
-        if self._policy is Overflow.DROP_NEWEST:
-            positions = range(len(items) - 1, -1, -1)
-        else:
-            positions = range(len(items))
-        for index in positions:
-            victim = items[index]
-            if type(victim) is not Gap and not victim.terminal:  # type: ignore[union-attr]
-                break
-        else:
-            index = -1
-        if index >= 0:
-            items[index] = self._lost_marker(items[index])  # type: ignore[arg-type]
-        self._refill(items)
-        if index >= 0 or event.terminal:
-            return True
-        self._lose_incoming(event)
-        return False
-
-    def _lost_marker(self, victim: Event) -> Gap | None:
-        self.buffered -= 1
-        self.dropped += 1
-        if not self.gap_events:
-            return None
-        gap = Gap()
-        gap.add(victim)
+    def _gap_at_tail(self) -> Gap:
+        gap = self._tail_gap
+        if gap is None:
+            gap = self._tail_gap = Gap()
+            self._put_beside(gap)
         return gap
 
-    def _drain(self) -> list[Item | None]:
-        items: list[Item | None] = []
-        if self._head_gap is not None:
-            items.append(self._head_gap)
-            self._head_gap = None
+    def _evict_oldest(self) -> None:
+        """Evict the stream's head, a live evictable event (no policy but
+        ``DROP_NEWEST`` leaves dead ones), leaving a marker in its place."""
         receive = self._receive_nowait
         assert receive is not None
-        while True:
-            try:
-                items.append(receive())
-            except anyio.WouldBlock:
-                return items
+        victim = receive()
+        self._taken += 1
+        self.buffered -= 1
+        self.dropped += 1
+        if self.gap_events:
+            due = self._due
+            if due and type(due[-1]) is Gap:
+                due[-1].add(victim)
+            else:
+                gap = Gap()
+                gap.add(victim)
+                due.append(gap)
+        self._settle()
 
-    def _refill(self, items: list[Item | None]) -> None:
-        previous: Item | None = None
-        for item in items:
-            if item is None:
-                continue
-            if type(item) is Gap and type(previous) is Gap:
-                previous.merge(item)
-                continue
-            self._put(item)
-            previous = item
-        self._tail_gap = previous if type(previous) is Gap else None
+    def _kill_newest(self) -> None:
+        """``DROP_NEWEST``: mark the newest live evictable event dead, where it
+        is (it is skipped, or handed out as a loss, when it reaches the head)."""
+        dead = self._dead
+        tail = self._taken + self._in_stream() - 1
+        victim = dead[-1][0] - 1 if dead and dead[-1][1] == tail + 1 else tail
+        if dead and dead[-1][0] == victim + 1:
+            dead[-1][0] = victim
+            if len(dead) > 1 and dead[-2][1] == victim:
+                dead[-2][1] = dead.pop()[1]
+        elif dead and dead[-1][1] == victim:
+            dead[-1][1] = victim + 1
+        else:
+            dead.append([victim, victim + 1])
+        self._dead_count += 1
+        self.buffered -= 1
+        self.dropped += 1
+
+    def _head_is_dead(self) -> bool:
+        """Whether the stream's head is dead; if so, forget that it is (the
+        caller takes it)."""
+        dead = self._dead
+        if not dead or dead[0][0] != self._taken:
+            return False
+        run = dead[0]
+        run[0] += 1
+        if run[0] == run[1]:
+            dead.popleft()
+        self._dead_count -= 1
+        return True
 
     # -- the receive side -----------------------------------------------------
 
@@ -350,25 +363,72 @@ class OverflowSender:
         :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
         :raises anyio.ClosedResourceError: if the subscription was closed
         """
-        gap = self._head_gap
-        if gap is not None:
-            self._head_gap = None
-            return gap.notice()
+        if self._due or self._pending or self._dead:
+            return self._take_in_order()
         receive = self._receive_nowait
         if receive is None:
             raise self._nothing()
-        item = receive()
-        if type(item) is Gap:
-            if item is self._tail_gap:
-                self._tail_gap = None
-            return item.notice()
+        event = receive()
+        self._taken += 1
         self.buffered -= 1
         self.delivered += 1
-        if self._terminals and item.terminal:  # type: ignore[union-attr]
-            self._terminals -= 1
         if self._room_waiter is not None:
             self.wake_room()
-        return item  # type: ignore[return-value]
+        return event
+
+    def _take_in_order(self) -> Event:
+        """:meth:`take` when terminal events, markers or dead events are held."""
+        while True:
+            due = self._due
+            if due:
+                item = due.popleft()
+                if type(item) is Gap:
+                    return self._notice(item)
+                self._terminals -= 1
+                return self._delivered(item)  # type: ignore[arg-type]
+            receive = self._receive_nowait
+            if receive is None:
+                raise self._nothing()
+            event = receive()
+            dead = self._head_is_dead()
+            self._taken += 1
+            self._settle()
+            if not dead:
+                return self._delivered(event)
+            if self.gap_events:
+                gap = Gap()
+                gap.add(event)
+                return self._notice(gap)
+
+    def _delivered(self, event: Event) -> Event:
+        self.buffered -= 1
+        self.delivered += 1
+        if self._room_waiter is not None:
+            self.wake_room()
+        return event
+
+    def _notice(self, gap: Gap) -> EventsDropped:
+        """The notice for *gap*, the marker at the head, with every marker (and
+        dead event) right after it merged in."""
+        due, tail = self._due, self._tail_gap
+        handed_tail = gap is tail
+        while True:
+            if due:
+                if type(due[0]) is not Gap:
+                    break
+                other = due.popleft()
+                handed_tail = handed_tail or other is tail
+                gap.merge(other)  # type: ignore[arg-type]
+            elif self._head_is_dead():
+                assert self._receive_nowait is not None
+                gap.add(self._receive_nowait())
+                self._taken += 1
+                self._settle()
+            else:
+                break
+        if handed_tail:
+            self._tail_gap = None
+        return gap.notice()
 
     def take_batch(self, limit: int) -> list[Event]:
         """Take up to *limit* (>= 1) ready events and gap notices, in order,
@@ -378,19 +438,18 @@ class OverflowSender:
         :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
         :raises anyio.ClosedResourceError: if the subscription was closed
         """
-        if self.gap_events:
+        if self._due or self._pending or self._dead:
             return take_up_to(self.take, limit)
-        # No gap markers anywhere: the stream holds exactly ``buffered`` events.
+        # Nothing beside the stream: it holds exactly ``buffered`` events.
         count = min(limit, self.buffered)
         if not count:
             raise self._nothing()
         receive = self._receive_nowait
         assert receive is not None
-        events: list[Event] = [receive() for _ in range(count)]  # type: ignore[misc]
+        events: list[Event] = [receive() for _ in range(count)]
+        self._taken += count
         self.buffered -= count
         self.delivered += count
-        if self._terminals:
-            self._terminals -= sum(1 for event in events if event.terminal)
         if self._room_waiter is not None:
             self.wake_room()
         return events
@@ -461,6 +520,7 @@ def offer_each(
                 # Full, drop-oldest without gap markers (the stream holds events
                 # only): _evict_head() in one step, and take the head's place.
                 sender._receive_nowait()  # type: ignore[misc]
+                sender._taken += 1
                 sender.dropped += 1
             else:
                 sender.offer(event)  # full: the policy decides
