@@ -117,7 +117,8 @@ class EventBus:
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._subscriptions: dict[Subscription[Event], None] = {}
         self._index = SubscriberIndex()
-        self._replaying: set[Subscription[Event]] = set()
+        #: Subscriptions still reading history, indexed by run like live ones.
+        self._replaying = SubscriberIndex()
         self._rejected = 0
         self._rejected_lock = threading.Lock()
         self._dropped_by_closed = 0
@@ -413,7 +414,7 @@ class EventBus:
             stamp = stamper(type(event))
         event = stamp(event, seq, offset)
         evicted = self._history.append(event)
-        if evicted is not None and self._replaying:
+        if evicted is not None and self._replaying.count:
             self._lost_from_history(evicted)
         if event.terminal:
             self._deliver_terminal(event, targets)
@@ -453,9 +454,12 @@ class EventBus:
                 self._index.remove(subscription)
 
     def _lost_from_history(self, event: Event) -> None:
-        for subscription in self._replaying:
-            if event.offset > subscription.cursor and subscription.filter.matches(
-                event
+        visibility = event.visibility
+        for level, match, _, subscription in self._replaying.candidates(event.run_id):
+            if (
+                visibility <= level
+                and (match is None or match(event))
+                and event.offset > subscription.cursor
             ):
                 subscription.lost_in_replay(
                     1, event.offset, event.offset, event.run_id, event.lane_id
@@ -587,7 +591,7 @@ class EventBus:
         self._replaying.add(subscription)
 
     def _go_live(self, subscription: Subscription[Event]) -> None:
-        self._replaying.discard(subscription)
+        self._replaying.remove(subscription)
         subscription.replaying = False
         run_id = subscription.filter.single_run
         if self._state != _OPEN or (run_id is not None and run_id in self._finished):
@@ -596,7 +600,7 @@ class EventBus:
         self._index.add(subscription)
 
     def _unregister(self, subscription: Subscription[Event]) -> None:
-        self._replaying.discard(subscription)
+        self._replaying.remove(subscription)
         self._index.remove(subscription)
         if subscription in self._subscriptions:
             del self._subscriptions[subscription]

@@ -39,6 +39,11 @@ class SubscriberIndex:
         #: How many live subscriptions have the ``BLOCK`` policy.
         self.blocking = 0
 
+    @property
+    def count(self) -> int:
+        """How many subscriptions are indexed."""
+        return len(self._entries)
+
     def __contains__(self, subscription: object) -> bool:
         return subscription in self._entries
 
