@@ -17,7 +17,7 @@ from ._sender import take_up_to
 from ._subscription import E_co, Subscription
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
+    from ._bus import BusSeam
 
 __all__ = ["MergedReplay", "ReplaySource"]
 
@@ -49,11 +49,11 @@ class MergedReplay(Subscription[E_co]):
 
     def __init__(
         self,
-        bus: EventBus,
+        seam: BusSeam,
         flt: EventFilter,
         **kwargs: Any,
     ) -> None:
-        super().__init__(bus, flt, **kwargs)
+        super().__init__(seam, flt, **kwargs)
         self._backlog: deque[Event] = deque()
         self._seen: set[str] = set()
         self._over = False  # a source held the run's terminal event
@@ -76,7 +76,7 @@ class MergedReplay(Subscription[E_co]):
         remote: list[Event] = []
         terminal: Event | None = None
         try:
-            for source in self._bus._replay_sources:  # those open now
+            for source in self._seam.replay_sources():  # those open now
                 for event in await source(run_id):
                     if event.span_id in seen or event.run_id != run_id:
                         continue
@@ -92,7 +92,7 @@ class MergedReplay(Subscription[E_co]):
             raise
         if not remote and terminal is None:
             return self  # nothing from the sources: a plain replay
-        held = list(self._bus._history.iter_after(0, self._filter.run_ids))
+        held = list(self._seam.history.iter_after(0, self._filter.run_ids))
         twins = {e.span_id: e.offset for e in held if e.span_id in seen}
         local = [event for event in held if event.span_id not in seen]
         seen.update(event.span_id for event in local)
@@ -134,15 +134,15 @@ class MergedReplay(Subscription[E_co]):
         event after the run's end would be counted as dropped), then
         unregister."""
         seen = self._seen
-        buffer = self._buffer
+        unseen = 0
         while True:
             try:
                 event = Subscription.receive_nowait(self)
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
             if event.span_id not in seen and not isinstance(event, EventsDropped):
-                buffer.delivered -= 1
-                buffer.dropped += 1
+                unseen += 1
+        self._buffer.withdraw(unseen)
         Subscription.close(self)
         self._done = True
 

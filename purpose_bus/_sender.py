@@ -39,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._events import Event, EventsDropped
 from ._overflow import Overflow
+from ._statistics import SubscriptionStatistics
 
 __all__ = ["Gap", "OverflowSender", "offer_each", "take_up_to"]
 
@@ -106,11 +107,19 @@ class OverflowSender:
     """
 
     __slots__ = (
+        "_bound",
+        "_buffered",
         "_closed",
         "_dead",
         "_dead_count",
+        "_delivered",
+        "_dropped",
         "_due",
+        "_ended",
         "_evicts_at_once",
+        "_gap_events",
+        "_held",
+        "_matched",
         "_pending",
         "_policy",
         "_receive",
@@ -122,13 +131,6 @@ class OverflowSender:
         "_taken",
         "_terminals",
         "_waiter",
-        "bound",
-        "buffered",
-        "delivered",
-        "dropped",
-        "ended",
-        "gap_events",
-        "matched",
     )
 
     def __init__(self, bound: int, policy: Overflow, gap_events: bool) -> None:
@@ -155,13 +157,22 @@ class OverflowSender:
         self._room_waiter: anyio.Event | None = None
         self._closed = False
         self._evicts_at_once = policy is Overflow.DROP_OLDEST and not gap_events
-        self.bound = bound
-        self.gap_events = gap_events
-        self.buffered = 0
-        self.delivered = 0
-        self.dropped = 0
-        self.matched = 0
-        self.ended = False
+        self._bound = bound
+        self._gap_events = gap_events
+        self._buffered = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._matched = 0
+        self._ended = False
+        #: Replayed events read from history and not yet handed out (held by
+        #: the subscription's replay reader, counted here).
+        self._held = 0
+
+    # -- the counters -----------------------------------------------------------
+    #
+    # ``matched == delivered + dropped + buffered`` after every method: each one
+    # that changes a counter moves events from one column to another, or adds
+    # the same number to ``matched`` and to one column.
 
     @property
     def policy(self) -> Overflow:
@@ -169,13 +180,80 @@ class OverflowSender:
         return self._policy
 
     @property
+    def bound(self) -> int:
+        """The bound on buffered live events (the subscription's buffer size)."""
+        return self._bound
+
+    @property
+    def gap_events(self) -> bool:
+        """Whether losses are announced with ``EventsDropped`` notices."""
+        return self._gap_events
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream has ended (nothing more will be buffered)."""
+        return self._ended
+
+    @property
+    def matched(self) -> int:
+        """Events that matched the subscription: live events offered to it, and
+        replayed events read from history or lost from it before they were."""
+        return self._matched
+
+    @property
+    def delivered(self) -> int:
+        """Events handed to the consumer (notices excluded)."""
+        return self._delivered
+
+    @property
+    def dropped(self) -> int:
+        """Events lost: evicted, discarded, lost from history, or closed away."""
+        return self._dropped
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting to be handed out, replayed ones read ahead included."""
+        return self._buffered + self._held
+
+    def statistics(self, name: str) -> SubscriptionStatistics:
+        """A snapshot of the counters, for the subscription called *name*."""
+        return SubscriptionStatistics(
+            name=name,
+            buffered=self._buffered + self._held,
+            buffer_size=self._bound,
+            delivered=self._delivered,
+            dropped=self._dropped,
+            matched=self._matched,
+            overflow=self._policy,
+        )
+
+    # -- replay's accounting ----------------------------------------------------
+
+    def read_from_history(self, count: int) -> None:
+        """*count* matching events were read ahead from history: matched, and
+        held (by the replay reader) until handed out."""
+        self._matched += count
+        self._held += count
+
+    def hand_out_read(self) -> None:
+        """One event read ahead from history was handed to the consumer."""
+        self._held -= 1
+        self._delivered += 1
+
+    def lose_unread(self, count: int) -> None:
+        """*count* matching events left history (or were never in it) before
+        they were read: matched and dropped. (The replay reader announces them.)"""
+        self._matched += count
+        self._dropped += count
+
+    @property
     def full(self) -> bool:
         """Whether a live event would meet a full buffer."""
-        return self.buffered >= self.bound
+        return self._buffered >= self._bound
 
     def _open(self) -> Callable[[Event], None]:
         """Make the stream (on the first send); return its ``send_nowait``."""
-        if self.ended:
+        if self._ended:
             raise anyio.ClosedResourceError
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         self._send, self._receive = send, receive
@@ -185,11 +263,11 @@ class OverflowSender:
 
     def _in_stream(self) -> int:
         """How many items the stream holds (dead ones included)."""
-        return self.buffered - self._terminals + self._dead_count
+        return self._buffered - self._terminals + self._dead_count
 
     def _put_beside(self, item: Item) -> None:
         """Put a terminal event or a loss marker after everything held."""
-        if self.ended:
+        if self._ended:
             raise anyio.ClosedResourceError
         in_stream = self._in_stream()
         if in_stream:
@@ -211,9 +289,12 @@ class OverflowSender:
         sure there is room (or is closing the bus), so the event always goes in.
         """
         # The emit hot path is offer_each(), which inlines the common cases.
-        self.matched += 1
-        if self.buffered >= self.bound and self._policy is not Overflow.BLOCK:
-            if self._policy is Overflow.DROP_NEWEST or self.buffered == self._terminals:
+        self._matched += 1
+        if self._buffered >= self._bound and self._policy is not Overflow.BLOCK:
+            if (
+                self._policy is Overflow.DROP_NEWEST
+                or self._buffered == self._terminals
+            ):
                 self._lose_incoming(event)
                 return
             self._evict_oldest()
@@ -221,7 +302,7 @@ class OverflowSender:
         if send is None:
             send = self._open()
         send(event)
-        self.buffered += 1
+        self._buffered += 1
         self._tail_gap = None
         if self._waiter is not None:
             self._wake()
@@ -230,18 +311,18 @@ class OverflowSender:
         """:meth:`offer` for a terminal event: it is never dropped. In a full
         buffer it makes room the policy's way (evicting the oldest or the newest
         evictable event), or goes in beyond the bound if there is none."""
-        self.matched += 1
+        self._matched += 1
         if (
-            self.buffered >= self.bound
+            self._buffered >= self._bound
             and self._policy is not Overflow.BLOCK
-            and self.buffered > self._terminals
+            and self._buffered > self._terminals
         ):
             if self._policy is Overflow.DROP_OLDEST:
                 self._evict_oldest()
             else:
                 self._kill_newest()
         self._put_beside(event)
-        self.buffered += 1
+        self._buffered += 1
         self._terminals += 1
         self._tail_gap = None
         self._wake()
@@ -251,17 +332,17 @@ class OverflowSender:
     ) -> None:
         """Count *count* matching events that never reached the buffer (gone from
         history before they were read) as matched and dropped, at the tail."""
-        self.matched += count
-        self.dropped += count
-        if self.gap_events:
+        self._matched += count
+        self._dropped += count
+        if self._gap_events:
             self._gap_at_tail().add_range(count, first, last, run_id, lane_id)
             self._wake()
 
     def end(self) -> None:
         """End the stream: the receiver gets what is buffered, then
         :exc:`anyio.EndOfStream`. Idempotent."""
-        if not self.ended:
-            self.ended = True
+        if not self._ended:
+            self._ended = True
             if self._send is not None:
                 self._send.close()
             self._wake()
@@ -277,15 +358,15 @@ class OverflowSender:
         self._pending.clear()
         self._dead.clear()
         self._dead_count = 0
-        self.dropped += self.buffered
-        self.buffered = 0
+        self._dropped += self._buffered + self._held
+        self._buffered = self._held = 0
         self._terminals = 0
         if self._receive is not None:
             self._receive.close()
 
     def _lose_incoming(self, event: Event) -> None:
-        self.dropped += 1
-        if self.gap_events:
+        self._dropped += 1
+        if self._gap_events:
             self._gap_at_tail().add(event)
             self._wake()
 
@@ -303,9 +384,9 @@ class OverflowSender:
         assert receive is not None
         victim = receive()
         self._taken += 1
-        self.buffered -= 1
-        self.dropped += 1
-        if self.gap_events:
+        self._buffered -= 1
+        self._dropped += 1
+        if self._gap_events:
             due = self._due
             if due and type(due[-1]) is Gap:
                 due[-1].add(victim)
@@ -330,8 +411,8 @@ class OverflowSender:
         else:
             dead.append([victim, victim + 1])
         self._dead_count += 1
-        self.buffered -= 1
-        self.dropped += 1
+        self._buffered -= 1
+        self._dropped += 1
 
     def _head_is_dead(self) -> bool:
         """Whether the stream's head is dead; if so, forget that it is (the
@@ -352,7 +433,7 @@ class OverflowSender:
         """What taking from an empty buffer raises."""
         if self._closed:
             return anyio.ClosedResourceError()
-        if self.ended:
+        if self._ended:
             return anyio.EndOfStream()
         return anyio.WouldBlock()
 
@@ -370,8 +451,8 @@ class OverflowSender:
             raise self._nothing()
         event = receive()
         self._taken += 1
-        self.buffered -= 1
-        self.delivered += 1
+        self._buffered -= 1
+        self._delivered += 1
         if self._room_waiter is not None:
             self.wake_room()
         return event
@@ -385,7 +466,7 @@ class OverflowSender:
                 if type(item) is Gap:
                     return self._notice(item)
                 self._terminals -= 1
-                return self._delivered(item)  # type: ignore[arg-type]
+                return self._handed_out(item)  # type: ignore[arg-type]
             receive = self._receive_nowait
             if receive is None:
                 raise self._nothing()
@@ -394,15 +475,15 @@ class OverflowSender:
             self._taken += 1
             self._settle()
             if not dead:
-                return self._delivered(event)
-            if self.gap_events:
+                return self._handed_out(event)
+            if self._gap_events:
                 gap = Gap()
                 gap.add(event)
                 return self._notice(gap)
 
-    def _delivered(self, event: Event) -> Event:
-        self.buffered -= 1
-        self.delivered += 1
+    def _handed_out(self, event: Event) -> Event:
+        self._buffered -= 1
+        self._delivered += 1
         if self._room_waiter is not None:
             self.wake_room()
         return event
@@ -441,18 +522,25 @@ class OverflowSender:
         if self._due or self._pending or self._dead:
             return take_up_to(self.take, limit)
         # Nothing beside the stream: it holds exactly ``buffered`` events.
-        count = min(limit, self.buffered)
+        count = min(limit, self._buffered)
         if not count:
             raise self._nothing()
         receive = self._receive_nowait
         assert receive is not None
         events: list[Event] = [receive() for _ in range(count)]
         self._taken += count
-        self.buffered -= count
-        self.delivered += count
+        self._buffered -= count
+        self._delivered += count
         if self._room_waiter is not None:
             self.wake_room()
         return events
+
+    def withdraw(self, count: int) -> None:
+        """*count* events taken from this buffer were not handed to the consumer
+        after all (a merged replay that ended before them): count them as
+        dropped, not delivered."""
+        self._delivered -= count
+        self._dropped += count
 
     async def wait(self) -> None:
         """Wait until something may be taken (or the stream ended).
@@ -478,7 +566,9 @@ class OverflowSender:
     def wake_room(self, *, force: bool = False) -> None:
         """Wake the publishers waiting for room, if there is room (or *force*)."""
         waiter = self._room_waiter
-        if waiter is not None and (force or self.ended or self.buffered < self.bound):
+        if waiter is not None and (
+            force or self._ended or self._buffered < self._bound
+        ):
             self._room_waiter = None
             waiter.set()
 
@@ -503,29 +593,37 @@ def offer_each(
         tuple[int, Callable[[Event], bool] | None, OverflowSender, object]
     ],
 ) -> None:
-    """The hot path of an emit: :meth:`OverflowSender.offer` *event*, a
-    non-terminal event, to the sender of each entry (``(visibility level, the
-    rest of the filter or None, sender, owner)``) whose filter passes; one frame
-    for every subscriber, with the common case (room in the buffer) inlined."""
+    """Deliver an accepted *event* to the buffer of each entry (``(visibility
+    level, the rest of the filter or None, buffer, owner)``) whose filter
+    passes: :meth:`OverflowSender.offer_terminal` for a terminal event, else
+    :meth:`OverflowSender.offer`, with its common case (room in the buffer, or
+    a drop-oldest eviction from the head) inlined: this is the emit's hot path,
+    one frame for every subscriber. Part of :class:`OverflowSender`'s own code
+    (it keeps the invariant); a function only to save a call per subscriber."""
     visibility = int(event.visibility)
+    if event.terminal:
+        for level, match, sender, _ in entries:
+            if visibility <= level and (match is None or match(event)):
+                sender.offer_terminal(event)
+        return
     for level, match, sender, _ in entries:
         if visibility <= level and (match is None or match(event)):
             send = sender._send_nowait
             if send is None:
                 sender.offer(event)  # the first item: makes the stream
                 continue
-            if sender.buffered < sender.bound:
-                sender.buffered += 1
+            if sender._buffered < sender._bound:
+                sender._buffered += 1
             elif sender._evicts_at_once and not sender._terminals:
-                # Full, drop-oldest without gap markers (the stream holds events
-                # only): _evict_head() in one step, and take the head's place.
+                # Full, drop-oldest without markers, nothing beside the stream:
+                # _evict_oldest() in one step, and take the head's place.
                 sender._receive_nowait()  # type: ignore[misc]
                 sender._taken += 1
-                sender.dropped += 1
+                sender._dropped += 1
             else:
                 sender.offer(event)  # full: the policy decides
                 continue
-            sender.matched += 1
+            sender._matched += 1
             send(event)
             sender._tail_gap = None
             if sender._waiter is not None:

@@ -72,7 +72,7 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import NoScriptError, RedisError
 from coredis.retry import NoRetryPolicy
 
-from ._bus import EventBus
+from ._bus import EventBus, bus_seam
 from ._codec import DEFAULT_MAX_SIZE, decode, encode
 from ._events import Event, Visibility
 from ._exceptions import BusClosed, DecodeError
@@ -403,7 +403,7 @@ class RedisBridge:
         if self._entered:
             raise RuntimeError("a RedisBridge can be entered only once")
         self._entered = True
-        self._bus._check_open()
+        bus_seam(self._bus).check_open()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -421,8 +421,9 @@ class RedisBridge:
             )
             await self._task_group.start(self._write_loop)
             await self._task_group.start(self._read_loop)
-            self._remove_tap = self._bus._add_tap(self._tap)
-            self._remove_source = self._bus._add_replay_source(self._replay_source)
+            seam = bus_seam(self._bus)
+            self._remove_tap = seam.add_tap(self._tap)
+            self._remove_source = seam.add_replay_source(self._replay_source)
         except BaseException:
             self._closed = self._stopped = True
             if self._task_group is not None:
@@ -792,7 +793,7 @@ class RedisBridge:
             self._filtered += 1
             return
         try:
-            accepted = await self._bus._ingest(event, self)
+            accepted = await bus_seam(self._bus).ingest(event, self)
         except TypeError as exc:
             self._skip("refused", key, identifier, str(exc))
             return

@@ -4,7 +4,7 @@ It says what every subscription must receive, in what order, what it loses
 under its overflow policy and where the ``EventsDropped`` notices go, and what
 the counters read. It is lists, dictionaries and the rules of DESIGN.md, one
 method per rule; of the library's internals it knows one number, the size of a
-replay batch (:data:`READ_AHEAD`, documented in ``Subscription``), which decides
+replay batch (:data:`READ_AHEAD`, documented in ``_replay``), which decides
 when a replaying subscriber switches to live. Tests drive the bus and the model
 with the same operations and require exact agreement.
 
@@ -52,7 +52,7 @@ from purpose_bus import (
 )
 
 #: How many matching events a replaying subscriber reads from history at a time
-#: (``purpose_bus._subscription._READ_AHEAD``; a test checks they agree).
+#: (``purpose_bus._replay.READ_AHEAD``; a test checks they agree).
 READ_AHEAD = 64
 
 

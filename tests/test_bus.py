@@ -641,6 +641,7 @@ class TestBusStatistics:
                     delivered=1,
                     dropped=1,
                     overflow=Overflow.DROP_OLDEST,
+                    matched=3,
                 )
                 assert stats.subscriptions[1] == SubscriptionStatistics(
                     name="b",
@@ -649,6 +650,7 @@ class TestBusStatistics:
                     delivered=0,
                     dropped=0,
                     overflow=Overflow.DROP_NEWEST,
+                    matched=3,
                 )
 
     async def test_statistics_are_frozen_snapshots(self) -> None:
@@ -676,4 +678,5 @@ class TestBusStatistics:
                 "delivered",
                 "dropped",
                 "overflow",
+                "matched",
             ]

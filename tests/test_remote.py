@@ -24,6 +24,7 @@ from purpose_bus import (
     Subscription,
     Visibility,
 )
+from purpose_bus._bus import bus_seam
 from purpose_bus._remote import MergedReplay
 
 PRIVATE = Visibility.PRIVATE
@@ -62,7 +63,7 @@ async def elsewhere(*events: Event) -> list[Event]:
 class TestWhenASourceIsUsed:
     async def test_only_run_scoped_replays_without_after(self) -> None:
         async with EventBus() as bus:
-            remove = bus._add_replay_source(Source())
+            remove = bus_seam(bus).add_replay_source(Source())
             assert isinstance(bus.subscribe(run_id="r1", replay=True), MergedReplay)
             for sub in [
                 bus.subscribe(run_id="r1"),
@@ -79,7 +80,7 @@ class TestWhenASourceIsUsed:
         bridge closed in between is not read)."""
         source = Source(await elsewhere(delta("remote")))
         async with EventBus() as bus:
-            remove = bus._add_replay_source(source)
+            remove = bus_seam(bus).add_replay_source(source)
             bus.emit(delta("local"))
             sub = bus.subscribe(run_id="r1", replay=True)
             remove()
@@ -99,7 +100,7 @@ class TestWhenASourceIsUsed:
         )
         source = Source(remote)
         async with EventBus() as bus:
-            bus._add_replay_source(source)
+            bus_seam(bus).add_replay_source(source)
             sub = bus.subscribe(
                 run_id="r1", lane_id="a", kinds=MessageDelta, replay=True
             )
@@ -113,10 +114,10 @@ class TestOrder:
     async def test_source_first_then_history_then_live_each_once(self) -> None:
         remote = await elsewhere(RunStarted(run_id="r1"), *map(delta, "abc"))
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            bus_seam(bus).add_replay_source(Source(remote))
             # The local bus holds some of them (imported), and one of its own.
             for event in remote[2:]:
-                await bus._ingest(event, "remote")
+                await bus_seam(bus).ingest(event, "remote")
             bus.emit(delta("local"))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 bus.emit(delta("live"))
@@ -150,7 +151,7 @@ class TestOrder:
                 bus.emit(event)
             everything = bus.replay(run_id="r1", visibility=PRIVATE)
             public = [e for e in everything if e.visibility == Visibility.PUBLIC]
-            bus._add_replay_source(Source(public))
+            bus_seam(bus).add_replay_source(Source(public))
             sub = bus.subscribe(run_id="r1", replay=True, visibility=PRIVATE)
             async with sub:
                 with anyio.fail_after(5):
@@ -174,7 +175,7 @@ class TestOrder:
         after the terminal, and it is counted as dropped, not lost silently."""
         remote = await elsewhere(RunStarted(run_id="r1"), RunFinished(run_id="r1"))
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            bus_seam(bus).add_replay_source(Source(remote))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 bus.emit(delta("late"))
                 with anyio.fail_after(5):
@@ -185,7 +186,7 @@ class TestOrder:
 
     async def test_nothing_in_the_source_is_plain_replay(self) -> None:
         async with EventBus() as bus:
-            bus._add_replay_source(Source())
+            bus_seam(bus).add_replay_source(Source())
             bus.emit(delta("a"))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 bus.emit(delta("b"))
@@ -197,7 +198,7 @@ class TestCancellationAndFailure:
         source = Source()
         source.gate = anyio.Event()
         async with EventBus() as bus:
-            bus._add_replay_source(source)
+            bus_seam(bus).add_replay_source(source)
             sub = bus.subscribe(run_id="r1", replay=True)
             with anyio.CancelScope() as scope:
 
@@ -219,7 +220,7 @@ class TestCancellationAndFailure:
         source = Source()
         source.error = ConnectionError("redis is down")
         async with EventBus() as bus:
-            bus._add_replay_source(source)
+            bus_seam(bus).add_replay_source(source)
             sub = bus.subscribe(run_id="r1", replay=True)
             with pytest.raises(ConnectionError, match="redis is down"):
                 async with sub:
@@ -233,7 +234,7 @@ class TestReceiving:
     async def test_receive_nowait_and_close(self) -> None:
         remote = await elsewhere(delta("a"), delta("b"))
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            bus_seam(bus).add_replay_source(Source(remote))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 assert texts([sub.receive_nowait()]) == ["a"]
                 assert texts([sub.receive_nowait()]) == ["b"]
@@ -251,7 +252,7 @@ class TestReceiving:
             MessageDelta(run_id="r1", text="internal", visibility=Visibility.INTERNAL),
         )
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote))
+            bus_seam(bus).add_replay_source(Source(remote))
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 assert texts(drain(sub)) == ["public"]
 
@@ -308,16 +309,16 @@ class TestGapless:
         a, b = max(a, b), min(a, b)  # b <= a: together they reach back to 0
         c = max(b, c)
         async with EventBus() as bus:
-            bus._add_replay_source(Source(remote[:a]))
+            bus_seam(bus).add_replay_source(Source(remote[:a]))
             for event in remote[b:c]:
-                await bus._ingest(event, "remote")
+                await bus_seam(bus).ingest(event, "remote")
             async with bus.subscribe(run_id="r1", replay=True) as sub:
                 live = remote[c:]
                 for event in live[:early]:
-                    await bus._ingest(event, "remote")
+                    await bus_seam(bus).ingest(event, "remote")
                 got = drain(sub) if mode == "receive_nowait" else []
                 for event in live[early:]:
-                    await bus._ingest(event, "remote")
+                    await bus_seam(bus).ingest(event, "remote")
                 with anyio.fail_after(5):
                     got += await receive(sub, n - len(got), mode, max_items)
                 assert [e.span_id for e in got] == [e.span_id for e in remote]

@@ -84,7 +84,7 @@ def accounted(sub: Subscription[Event]) -> int:
 def check_accounting(sub: Subscription[Event]) -> None:
     """delivered + dropped + buffered == matched (the subscription's own count,
     in which a replayed event is matched when it is read from history)."""
-    assert accounted(sub) == sub.sender.matched
+    assert accounted(sub) == sub.statistics().matched
 
 
 def check_never_skipped(

@@ -73,7 +73,7 @@ from purpose_bus import (
     Subscription,
     Visibility,
 )
-from purpose_bus import _subscription as subscription_module
+from purpose_bus import _replay as replay_module
 
 T = TypeVar("T")
 
@@ -622,7 +622,7 @@ class BusMachine(RuleBasedStateMachine):
 
 
 def test_read_ahead_agrees_with_the_model() -> None:
-    assert subscription_module._READ_AHEAD == READ_AHEAD
+    assert replay_module.READ_AHEAD == READ_AHEAD
 
 
 class AsyncioBusMachine(BusMachine):

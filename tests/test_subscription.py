@@ -330,7 +330,7 @@ class TestSubscription:
             )
             assert before == []
             assert len(received) == 1
-            assert waits == [sub.sender]
+            assert len(waits) == 1
 
     @pytest.mark.parametrize("method", ["receive", "receive_batch"])
     async def test_cancelled_in_that_yield_it_loses_nothing(
@@ -614,6 +614,7 @@ class TestSubscriptionStatistics:
                 delivered=0,
                 dropped=0,
                 overflow=Overflow.DROP_OLDEST,
+                matched=0,
             )
             for index in range(4):
                 bus.emit(delta(str(index)))
@@ -925,7 +926,7 @@ class TestReceiveBatchProperty:
                 one, other = batched.statistics(), single.statistics()
                 counters = (one.delivered, one.dropped, one.buffered)
                 assert counters == (other.delivered, other.dropped, other.buffered)
-                assert batched.sender.matched == sum(counters)
+                assert one.matched == sum(counters)
             await bus.aclose()
             rest = [e async for batch in batched.batches() for e in batch]
             assert [_same(e) for e in rest] == [_same(e) for e in drain(single)]
