@@ -585,10 +585,11 @@ class EventBus:
                 flt.single_run or "",
                 next(iter(lanes)) if lanes is not None and len(lanes) == 1 else "",
             )
+            # An upper bound: history cannot tell whether they matched.
             if cursor >= history.newest:
-                buffer.lose(*missing)
+                buffer.lose(*missing, exact=False)
             else:
-                reader.lost(*missing)
+                reader.lost(*missing, exact=False)
         if cursor >= history.newest:
             self._go_live(subscription)  # nothing left to replay
             return None

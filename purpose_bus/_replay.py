@@ -71,16 +71,24 @@ class ReplayReader:
         return self._go_live is None
 
     def lost(
-        self, count: int, first: int, last: int, run_id: str, lane_id: str
+        self,
+        count: int,
+        first: int,
+        last: int,
+        run_id: str,
+        lane_id: str,
+        *,
+        exact: bool = True,
     ) -> None:
         """*count* matching events with offsets in ``first..last`` left history
         (or were never in it) before they were read: count them as dropped and
-        announce them after what was read ahead."""
+        announce them after what was read ahead (not *exact*: offsets history
+        could not tell matched, an upper bound)."""
         self._buffer.lose_unread(count)
         if self._buffer.gap_events:
             if self._gap is None:
                 self._gap = Gap()
-            self._gap.add_range(count, first, last, run_id, lane_id)
+            self._gap.add_range(count, first, last, run_id, lane_id, exact=exact)
 
     def take(self) -> Event | None:
         """The next replayed event or loss notice; ``None`` once the reader has

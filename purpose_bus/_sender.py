@@ -49,10 +49,12 @@ T = TypeVar("T")
 class Gap:
     """A run of lost events at one position of a subscriber's stream."""
 
-    __slots__ = ("count", "first_offset", "lane_id", "last_offset", "run_id")
+    __slots__ = ("count", "exact", "first_offset", "lane_id", "last_offset", "run_id")
 
     def __init__(self) -> None:
         self.count = 0
+        #: False once it covers offsets history could not tell matched.
+        self.exact = True
         self.first_offset = 0
         self.last_offset = 0
         self.run_id = ""
@@ -63,9 +65,18 @@ class Gap:
         self.add_range(1, event.offset, event.offset, event.run_id, event.lane_id)
 
     def add_range(
-        self, count: int, first: int, last: int, run_id: str, lane_id: str
+        self,
+        count: int,
+        first: int,
+        last: int,
+        run_id: str,
+        lane_id: str,
+        *,
+        exact: bool = True,
     ) -> None:
-        """Count *count* events with offsets in ``first..last`` as lost here."""
+        """Count *count* events with offsets in ``first..last`` as lost here
+        (not *exact*: offsets that may not have matched, an upper bound)."""
+        self.exact = self.exact and exact
         if self.count == 0 or first < self.first_offset:
             self.first_offset = first
             self.run_id = run_id
@@ -81,6 +92,7 @@ class Gap:
             other.last_offset,
             other.run_id,
             other.lane_id,
+            exact=other.exact,
         )
 
     def notice(self) -> EventsDropped:
@@ -91,6 +103,7 @@ class Gap:
             count=self.count,
             first_offset=self.first_offset,
             last_offset=self.last_offset,
+            exact=self.exact,
         )
 
 
@@ -328,14 +341,23 @@ class OverflowSender:
         self._wake()
 
     def lose(
-        self, count: int, first: int, last: int, run_id: str, lane_id: str
+        self,
+        count: int,
+        first: int,
+        last: int,
+        run_id: str,
+        lane_id: str,
+        *,
+        exact: bool = True,
     ) -> None:
         """Count *count* matching events that never reached the buffer (gone from
-        history before they were read) as matched and dropped, at the tail."""
+        history before they were read) as matched and dropped, at the tail (not
+        *exact*: offsets history could not tell matched, an upper bound)."""
         self._matched += count
         self._dropped += count
         if self._gap_events:
-            self._gap_at_tail().add_range(count, first, last, run_id, lane_id)
+            gap = self._gap_at_tail()
+            gap.add_range(count, first, last, run_id, lane_id, exact=exact)
             self._wake()
 
     def end(self) -> None:

@@ -526,6 +526,7 @@ class TestResume:
                     6,
                     20,
                 )
+                assert notice.exact is False  # an upper bound
                 assert offsets(received[1:]) == list(range(21, 31))
                 stats = sub.statistics()
                 assert (stats.delivered, stats.dropped) == (10, 15)
@@ -820,6 +821,7 @@ class TestNothingLeftToReplay:
                 notice = received[0]
                 assert isinstance(notice, EventsDropped)
                 assert (notice.first_offset, notice.last_offset) == (2, 3)
+                assert notice.exact is False
                 assert offsets(received[1:]) == [4, 5]
                 assert sub.statistics().dropped == 2
 

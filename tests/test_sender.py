@@ -274,6 +274,7 @@ class TestOverflow:
         notice = received[0]
         assert isinstance(notice, EventsDropped)
         assert (notice.run_id, notice.lane_id) == ("r2", "lane-x")
+        assert notice.exact  # every event it counts matched
         assert counters(sub)[0] == 2  # notices are not counted as delivered
 
     async def test_drop_newest_notice_comes_before_the_next_event(self) -> None:
