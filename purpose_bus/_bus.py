@@ -30,6 +30,7 @@ from ._sender import OverflowSender, offer_each
 from ._statistics import BusStatistics
 from ._subscription import Subscription
 from ._threads import ThreadHandoff
+from ._validate import count, overflow_policy
 
 __all__ = ["BusSeam", "EventBus", "bus_seam"]
 
@@ -63,24 +64,6 @@ class _Registered:
         self.buffer = buffer
         #: Its replay reader while it reads history, else ``None``.
         self.reader: ReplayReader | None = None
-
-
-def _positive(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
-    return value
-
-
-def _overflow(value: Any) -> Overflow:
-    try:
-        return Overflow(value)
-    except ValueError:
-        raise ValueError(
-            f"unknown overflow policy {value!r}; use one of "
-            + ", ".join(f"Overflow.{o.name}" for o in Overflow)
-        ) from None
 
 
 class EventBus:
@@ -119,19 +102,19 @@ class EventBus:
         strict: bool = False,
         max_runs: int = 10_000,
     ) -> None:
-        self._buffer_size = _positive("buffer_size", buffer_size, 1)
-        self._overflow = _overflow(overflow)
-        self._history = History(_positive("history_size", history_size, 0))
+        self._buffer_size = count("buffer_size", buffer_size, 1)
+        self._overflow = overflow_policy(overflow)
+        self._history = History(count("history_size", history_size, 0))
         self._seam = BusSeam(self)
         self._handoff = ThreadHandoff(
-            self._seam, _positive("thread_buffer_size", thread_buffer_size, 1)
+            self._seam, count("thread_buffer_size", thread_buffer_size, 1)
         )
         self._guards = tuple(guards)
         for guard in self._guards:
             if not callable(guard):
                 raise TypeError(f"guards must be callables, not {guard!r}")
         self._strict = bool(strict)
-        self._max_runs = _positive("max_runs", max_runs, 1)
+        self._max_runs = count("max_runs", max_runs, 1)
         self._state = _State.NEW
         self._task_group: TaskGroup | None = None
         self._loop_thread: int | None = None
@@ -541,10 +524,12 @@ class EventBus:
         )
         size = self._buffer_size if buffer_size is None else buffer_size
         if after is not None:
-            _positive("after", after, 0)
+            count("after", after, 0)
         options: dict[str, Any] = {
-            "buffer_size": _positive("buffer_size", size, 1),
-            "overflow": self._overflow if overflow is None else _overflow(overflow),
+            "buffer_size": count("buffer_size", size, 1),
+            "overflow": self._overflow
+            if overflow is None
+            else overflow_policy(overflow),
             "gap_events": bool(gap_events),
             "replay": bool(replay),
             "after": after,
@@ -640,8 +625,8 @@ class EventBus:
         )
         return self._history.select(
             flt,
-            after=_positive("after", after, 0),
-            since_seq=_positive("since_seq", since_seq, 0),
+            after=count("after", after, 0),
+            since_seq=count("since_seq", since_seq, 0),
         )
 
     def statistics(self) -> BusStatistics:

@@ -18,6 +18,7 @@ from ._overflow import Overflow
 from ._replay import ReplayReader
 from ._sender import OverflowSender, take_up_to
 from ._statistics import SubscriptionStatistics
+from ._validate import count
 
 if TYPE_CHECKING:
     from ._bus import BusSeam
@@ -69,13 +70,6 @@ def _cancellation_check() -> Callable[[], Awaitable[None]]:
 
 
 _checks: dict[type, Callable[[], Awaitable[None]]] = {}
-
-
-def _check_max_items(max_items: int) -> None:
-    if isinstance(max_items, bool) or not isinstance(max_items, int):
-        raise TypeError(f"max_items must be an int, not {type(max_items).__name__}")
-    if max_items < 1:
-        raise ValueError(f"max_items must be >= 1, not {max_items}")
 
 
 class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
@@ -285,7 +279,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         :raises anyio.ClosedResourceError: after :meth:`close`, also in a task
             that was waiting when another one closed it
         """
-        _check_max_items(max_items)
+        count("max_items", max_items, 1)
         await self._ready()
 
         def take() -> list[Event]:
@@ -310,7 +304,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         :raises TypeError: if *max_items* is not an int
         :raises ValueError: if *max_items* is below 1
         """
-        _check_max_items(max_items)
+        count("max_items", max_items, 1)
         return _Batches(self, max_items)
 
     async def _ready(self) -> None:

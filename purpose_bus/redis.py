@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import random
 import uuid
 import warnings
@@ -79,6 +78,7 @@ from ._exceptions import BusClosed, DecodeError
 from ._filters import KindsArg, StrArg, make_filter
 from ._overflow import Overflow
 from ._subscription import YIELD_INTERVAL, Subscription
+from ._validate import count, seconds
 
 __all__ = ["BridgeStatistics", "RedisBridge", "partition_of"]
 
@@ -139,18 +139,8 @@ def partition_of(run_id: str, partitions: int) -> int:
     return zlib.crc32(run_id.encode("utf-8", "surrogatepass")) % partitions
 
 
-def _number(name: str, value: float, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not value >= minimum or math.isinf(value):
-        raise ValueError(f"{name} must be finite and >= {minimum}, not {value}")
-    return value
-
-
-def _count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return int(_number(name, value, minimum))
+_number = seconds  # argument checks: see purpose_bus._validate
+_count = count
 
 
 def _text(value: object) -> str:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -57,6 +56,7 @@ from ._events import Event, EventsDropped, Visibility, registered_kinds
 from ._exceptions import BusClosed
 from ._overflow import Overflow
 from ._subscription import Subscription
+from ._validate import count, seconds
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -136,20 +136,13 @@ def create_app(
     :param heartbeat: seconds of silence before a heartbeat comment (> 0)
     :param retry: the reconnection delay advised to browsers, seconds (>= 0)
     :param buffer_size: the bound of each stream's subscription (>= 1)
+    :raises TypeError: for a value of the wrong type
     :raises ValueError: for a value out of range
     """
-    if not (isinstance(heartbeat, int | float) and heartbeat > 0):
-        raise ValueError(
-            f"heartbeat must be a number of seconds > 0, not {heartbeat!r}"
-        )
-    if not (isinstance(retry, int | float) and 0 <= retry < math.inf):
-        raise ValueError(f"retry must be a number of seconds >= 0, not {retry!r}")
-    if buffer_size is not None and (
-        isinstance(buffer_size, bool)
-        or not isinstance(buffer_size, int)
-        or buffer_size < 1
-    ):
-        raise ValueError(f"buffer_size must be an int >= 1, not {buffer_size!r}")
+    seconds("heartbeat", heartbeat, 0, strict=True)
+    seconds("retry", retry, 0)
+    if buffer_size is not None:
+        count("buffer_size", buffer_size, 1)
     streams = _Streams(
         bus=bus,
         authorize=authorize,

@@ -650,12 +650,28 @@ class TestPages:
             {"retry": -1},
             {"retry": math.inf},
             {"buffer_size": 0},
-            {"buffer_size": True},
         ],
     )
     def test_bad_arguments(self, kwargs: dict[str, Any]) -> None:
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             create_app(EventBus(), **kwargs)
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"heartbeat": "1"},
+            {"retry": None},
+            {"buffer_size": True},
+            {"buffer_size": "8"},
+        ],
+    )
+    def test_arguments_of_the_wrong_type(self, kwargs: dict[str, Any]) -> None:
+        """As for EventBus and subscribe: TypeError for the wrong type."""
+        with pytest.raises(TypeError, match=next(iter(kwargs))):
+            create_app(EventBus(), **kwargs)
+        if "buffer_size" in kwargs:
+            with pytest.raises(TypeError, match="buffer_size"):
+                EventBus(**kwargs)
 
     def test_purpose_bus_does_not_import_the_web_module(self) -> None:
         code = (
