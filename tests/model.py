@@ -41,6 +41,7 @@ from strategies import matches_kwargs, single_run
 
 from purpose_bus import (
     DEFAULT_HIDDEN_KEYS,
+    YIELD_INTERVAL,
     BusClosed,
     BusStatistics,
     Event,
@@ -169,6 +170,27 @@ class ModelSubscription:
     matched: int = 0
     delivered: int = 0
     dropped: int = 0
+    #: Events handed out since the last yield to the scheduler (the rule of
+    #: ``Subscription.receive`` / ``receive_batch``'s docstrings).
+    streak: int = 0
+
+    # -- the bounded-yield rule -------------------------------------------------
+
+    def before_receive(self) -> None:
+        """``receive()`` counts itself, yielding (and starting over) once
+        ``YIELD_INTERVAL`` calls went by."""
+        self.streak = self.streak + 1 if self.streak + 1 < YIELD_INTERVAL else 0
+
+    def before_batch(self) -> int:
+        """``receive_batch()`` yields first if ``YIELD_INTERVAL`` events went
+        out since the last yield; returns how many it may hand out now."""
+        if self.streak >= YIELD_INTERVAL:
+            self.streak = 0
+        return YIELD_INTERVAL - self.streak
+
+    def waited(self) -> None:
+        """A receive that found nothing ready yielded (then waited)."""
+        self.streak = 0
 
     @property
     def single_run(self) -> str | None:

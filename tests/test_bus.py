@@ -10,7 +10,7 @@ import anyio
 import attrs
 import pytest
 from anyio.lowlevel import checkpoint
-from helpers import delta, drain, texts
+from helpers import all_tasks_blocked, delta, drain, texts
 
 from purpose_bus import (
     YIELD_INTERVAL,
@@ -347,7 +347,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publisher)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert results == []
                     assert bus.statistics().emitted == 1
                     assert texts([await sub.receive()]) == ["1"]
@@ -367,7 +367,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bus.publish, RunFinished(run_id="r1"))
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert bus.statistics().emitted == 1
                     await sub.receive()
                 assert (await sub.receive()).kind == "run.finished"
@@ -384,7 +384,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bus.publish, delta("cancelled"))
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     tg.cancel_scope.cancel()
             assert bus.statistics() == before
             assert bus.replay() == history
@@ -446,7 +446,7 @@ class TestEventBus:
                 with anyio.fail_after(5):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(bus.publish, delta("2"))
-                        await anyio.wait_all_tasks_blocked()
+                        await all_tasks_blocked()
                         blocked.close()
             assert texts(drain(other)) == ["1", "2"]
             assert blocked.statistics().dropped == 1
@@ -466,9 +466,9 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publisher)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     await first.receive()
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert done == []
                     assert bus.statistics().emitted == 1
                     await second.receive()
@@ -503,7 +503,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publisher)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     await bus.aclose()
                 assert len(raised) == 1
                 assert isinstance(raised[0], anyio.ClosedResourceError)
@@ -540,7 +540,7 @@ class TestEventBus:
                 async with anyio.create_task_group() as tg:
                     await tg.start(consumer)
                     bus.emit(delta("1"))
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert texts(received) == ["1"]
                     bus.emit(delta("2"))
                     await bus.aclose()

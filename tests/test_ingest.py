@@ -6,6 +6,7 @@ import logging
 
 import anyio
 import pytest
+from helpers import all_tasks_blocked
 
 from purpose_bus import EventBus, Log, MessageDelta, Overflow, RunFinished
 from purpose_bus._bus import bus_seam
@@ -63,7 +64,7 @@ class TestIngest:
         ):
             await bus_seam(bus).ingest(remote(1), source="bridge")
             tg.start_soon(bus_seam(bus).ingest, remote(2), "bridge")
-            await anyio.wait_all_tasks_blocked()
+            await all_tasks_blocked()
             assert bus.statistics().emitted == 1
             assert sub.receive_nowait().seq == 1
             with anyio.fail_after(5):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
-from helpers import delta, drain, texts
+from helpers import all_tasks_blocked, delta, drain, texts
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -203,7 +203,7 @@ class TestCancellationAndFailure:
             with anyio.CancelScope() as scope:
 
                 async def cancel_when_reading() -> None:
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert source.asked
                     scope.cancel()
 

@@ -2,7 +2,7 @@
 and ``subscribe(after=...)``, on asyncio and trio.
 
 Nothing here sleeps to synchronise: single-task tests use ``receive_nowait``,
-the others ``anyio.wait_all_tasks_blocked()`` and ``anyio.fail_after()``.
+the others ``all_tasks_blocked()`` and ``anyio.fail_after()``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from anyio.lowlevel import checkpoint
-from helpers import drain
+from helpers import all_tasks_blocked, drain
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -426,7 +426,7 @@ class TestReplayThenLive:
                 assert bus.statistics().emitted == 54  # all or nothing
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bus.publish, make())
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert bus.statistics().emitted == 54  # waiting for room
                     assert (await sub.receive()).offset == 51
                 assert bus.statistics().emitted == 55
@@ -733,7 +733,7 @@ class TestFinishedRun:
                 with anyio.fail_after(5):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(consume)
-                        await anyio.wait_all_tasks_blocked()
+                        await all_tasks_blocked()
                         assert offsets(received) == [1, 2, 3]  # now live, waiting
                         bus.emit(RunFinished(run_id="r1"))
                 assert offsets(received) == [1, 2, 3, 4]

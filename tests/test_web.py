@@ -884,9 +884,9 @@ class TestDemoServe:
             assert isinstance(cancelled, RunCancelled)
             assert cancelled.reason == "the demo was stopped"
 
-    async def test_the_command_line(self, anyio_backend: str) -> None:
+    async def test_the_command_line(self, anyio_backend_name: str) -> None:
         command = [sys.executable, "-m", "purpose_bus", "demo", "--serve"]
-        command += ["--port", "0", "--backend", anyio_backend]
+        command += ["--port", "0", "--backend", anyio_backend_name]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         async with await anyio.open_process(command, env=env) as process:
             assert process.stdout is not None
@@ -895,7 +895,7 @@ class TestDemoServe:
                 while b"\n" not in line:
                     line += await process.stdout.receive()
                 text = line.decode()
-                assert f"purpose_bus demo on {anyio_backend}" in text
+                assert f"purpose_bus demo on {anyio_backend_name}" in text
                 match = re.search(r"http://127\.0\.0\.1:(\d+)/", text)
                 assert match is not None
                 async with httpx.AsyncClient(trust_env=False) as client:
