@@ -26,7 +26,7 @@ from ._index import SubscriberIndex
 from ._overflow import Overflow
 from ._remote import MergedReplay, ReplaySource
 from ._replay import ReplayReader
-from ._sender import OverflowSender, offer_each
+from ._sender import Gap, OverflowSender, offer_each
 from ._statistics import BusStatistics
 from ._subscription import Subscription
 from ._threads import ThreadHandoff
@@ -444,7 +444,7 @@ class EventBus:
                 and (match is None or match(event))
                 and event.offset > reader.cursor
             ):
-                reader.lost(1, event.offset, event.offset, event.run_id, event.lane_id)
+                reader.lost(Gap.of(event))
 
     # -- subscribing ----------------------------------------------------------
 
@@ -539,49 +539,6 @@ class EventBus:
             return MergedReplay._create(self._seam, flt, **options)
         return Subscription._create(self._seam, flt, **options)
 
-    def _register(
-        self,
-        subscription: Subscription[Event],
-        flt: EventFilter,
-        buffer: OverflowSender,
-        *,
-        replay: bool,
-        after: int | None,
-    ) -> ReplayReader | None:
-        self._check_open()
-        registered = self._subscriptions[subscription] = _Registered(flt, buffer)
-        if (after is None and not replay) or (
-            after is not None and after >= self._offset
-        ):
-            self._go_live(subscription)  # live only, or a cursor from another bus
-            return None
-        history = self._history
-        cursor = max(after or 0, history.oldest - 1)
-        reader = ReplayReader(
-            history, flt, buffer, cursor, functools.partial(self._go_live, subscription)
-        )
-        if after is not None and after < cursor:
-            # History no longer reaches back to the cursor: count what is missing.
-            lanes = flt.lane_ids
-            missing = (
-                cursor - after,
-                after + 1,
-                cursor,
-                flt.single_run or "",
-                next(iter(lanes)) if lanes is not None and len(lanes) == 1 else "",
-            )
-            # An upper bound: history cannot tell whether they matched.
-            if cursor >= history.newest:
-                buffer.lose(*missing, exact=False)
-            else:
-                reader.lost(*missing, exact=False)
-        if cursor >= history.newest:
-            self._go_live(subscription)  # nothing left to replay
-            return None
-        registered.reader = reader
-        self._replaying.add(reader, flt, buffer)
-        return reader
-
     def _go_live(self, subscription: Subscription[Event]) -> None:
         registered = self._subscriptions[subscription]
         if registered.reader is not None:
@@ -594,15 +551,6 @@ class EventBus:
             registered.buffer.end()
             return
         self._index.add(subscription, registered.filter, registered.buffer)
-
-    def _unregister(self, subscription: Subscription[Event]) -> None:
-        registered = self._subscriptions.pop(subscription, None)
-        if registered is None:
-            return
-        if registered.reader is not None:
-            self._replaying.remove(registered.reader)
-        self._index.remove(subscription)
-        self._dropped_by_closed += registered.buffer.dropped
 
     # -- history and statistics -----------------------------------------------
 
@@ -755,14 +703,52 @@ class BusSeam:
 
         :raises BusClosed: if the bus is not open
         """
-        return self._bus._register(
-            subscription, flt, buffer, replay=replay, after=after
+        bus = self._bus
+        bus._check_open()
+        registered = bus._subscriptions[subscription] = _Registered(flt, buffer)
+        if (after is None and not replay) or (
+            after is not None and after >= bus._offset
+        ):
+            bus._go_live(subscription)  # live only, or a cursor from another bus
+            return None
+        history = bus._history
+        cursor = max(after or 0, history.oldest - 1)
+        reader = ReplayReader(
+            history, flt, buffer, cursor, functools.partial(bus._go_live, subscription)
         )
+        if after is not None and after < cursor:
+            # History no longer reaches back to the cursor: count what is missing.
+            lanes = flt.lane_ids
+            missing = Gap(
+                cursor - after,
+                after + 1,
+                cursor,
+                flt.single_run or "",
+                next(iter(lanes)) if lanes is not None and len(lanes) == 1 else "",
+                exact=False,  # an upper bound: history cannot tell what matched
+            )
+            if cursor >= history.newest:
+                buffer.lose(missing)
+            else:
+                reader.lost(missing)
+        if cursor >= history.newest:
+            bus._go_live(subscription)  # nothing left to replay
+            return None
+        registered.reader = reader
+        bus._replaying.add(reader, flt, buffer)
+        return reader
 
     def unregister(self, subscription: Subscription[Event]) -> None:
         """Forget *subscription* (closed): nothing more goes to its buffer; its
         drops stay counted in the bus's statistics. Idempotent."""
-        self._bus._unregister(subscription)
+        bus = self._bus
+        registered = bus._subscriptions.pop(subscription, None)
+        if registered is None:
+            return
+        if registered.reader is not None:
+            bus._replaying.remove(registered.reader)
+        bus._index.remove(subscription)
+        bus._dropped_by_closed += registered.buffer.dropped
 
 
 def bus_seam(bus: EventBus) -> BusSeam:

@@ -70,25 +70,15 @@ class ReplayReader:
         """Whether the reader has switched to live events (it is done)."""
         return self._go_live is None
 
-    def lost(
-        self,
-        count: int,
-        first: int,
-        last: int,
-        run_id: str,
-        lane_id: str,
-        *,
-        exact: bool = True,
-    ) -> None:
-        """*count* matching events with offsets in ``first..last`` left history
-        (or were never in it) before they were read: count them as dropped and
-        announce them after what was read ahead (not *exact*: offsets history
-        could not tell matched, an upper bound)."""
-        self._buffer.lose_unread(count)
+    def lost(self, gap: Gap) -> None:
+        """The ``gap.count`` matching events of *gap* left history (or were
+        never in it) before they were read: count them as dropped and announce
+        them after what was read ahead."""
+        self._buffer.lose_unread(gap.count)
         if self._buffer.gap_events:
             if self._gap is None:
                 self._gap = Gap()
-            self._gap.add_range(count, first, last, run_id, lane_id, exact=exact)
+            self._gap.merge(gap)
 
     def take(self) -> Event | None:
         """The next replayed event or loss notice; ``None`` once the reader has

@@ -47,53 +47,48 @@ T = TypeVar("T")
 
 
 class Gap:
-    """A run of lost events at one position of a subscriber's stream."""
+    """A run of lost events at one position of a subscriber's stream: how many,
+    the first and last offset, the run and lane of the first, and whether every
+    one of them is known to have matched (*exact*; not for offsets history no
+    longer held: then *count* is an upper bound)."""
 
     __slots__ = ("count", "exact", "first_offset", "lane_id", "last_offset", "run_id")
 
-    def __init__(self) -> None:
-        self.count = 0
-        #: False once it covers offsets history could not tell matched.
-        self.exact = True
-        self.first_offset = 0
-        self.last_offset = 0
-        self.run_id = ""
-        self.lane_id = ""
-
-    def add(self, event: Event) -> None:
-        """Count *event* as lost here."""
-        self.add_range(1, event.offset, event.offset, event.run_id, event.lane_id)
-
-    def add_range(
+    def __init__(
         self,
-        count: int,
-        first: int,
-        last: int,
-        run_id: str,
-        lane_id: str,
+        count: int = 0,
+        first_offset: int = 0,
+        last_offset: int = 0,
+        run_id: str = "",
+        lane_id: str = "",
         *,
         exact: bool = True,
     ) -> None:
-        """Count *count* events with offsets in ``first..last`` as lost here
-        (not *exact*: offsets that may not have matched, an upper bound)."""
-        self.exact = self.exact and exact
-        if self.count == 0 or first < self.first_offset:
-            self.first_offset = first
-            self.run_id = run_id
-            self.lane_id = lane_id
-        self.last_offset = max(self.last_offset, last)
-        self.count += count
+        self.count = count
+        self.exact = exact
+        self.first_offset = first_offset
+        self.last_offset = last_offset
+        self.run_id = run_id
+        self.lane_id = lane_id
+
+    @classmethod
+    def of(cls, event: Event) -> Gap:
+        """The loss of *event* alone."""
+        return cls(1, event.offset, event.offset, event.run_id, event.lane_id)
+
+    def add(self, event: Event) -> None:
+        """Count *event* as lost here."""
+        self.merge(Gap.of(event))
 
     def merge(self, other: Gap) -> None:
         """Absorb *other*, a gap adjacent to this one."""
-        self.add_range(
-            other.count,
-            other.first_offset,
-            other.last_offset,
-            other.run_id,
-            other.lane_id,
-            exact=other.exact,
-        )
+        self.exact = self.exact and other.exact
+        if self.count == 0 or other.first_offset < self.first_offset:
+            self.first_offset = other.first_offset
+            self.run_id = other.run_id
+            self.lane_id = other.lane_id
+        self.last_offset = max(self.last_offset, other.last_offset)
+        self.count += other.count
 
     def notice(self) -> EventsDropped:
         """The notice a subscriber receives for this gap."""
@@ -193,40 +188,14 @@ class OverflowSender:
         return self._policy
 
     @property
-    def bound(self) -> int:
-        """The bound on buffered live events (the subscription's buffer size)."""
-        return self._bound
-
-    @property
     def gap_events(self) -> bool:
         """Whether losses are announced with ``EventsDropped`` notices."""
         return self._gap_events
 
     @property
-    def ended(self) -> bool:
-        """Whether the stream has ended (nothing more will be buffered)."""
-        return self._ended
-
-    @property
-    def matched(self) -> int:
-        """Events that matched the subscription: live events offered to it, and
-        replayed events read from history or lost from it before they were."""
-        return self._matched
-
-    @property
-    def delivered(self) -> int:
-        """Events handed to the consumer (notices excluded)."""
-        return self._delivered
-
-    @property
     def dropped(self) -> int:
         """Events lost: evicted, discarded, lost from history, or closed away."""
         return self._dropped
-
-    @property
-    def buffered(self) -> int:
-        """Events waiting to be handed out, replayed ones read ahead included."""
-        return self._buffered + self._held
 
     def statistics(self, name: str) -> SubscriptionStatistics:
         """A snapshot of the counters, for the subscription called *name*."""
@@ -340,24 +309,14 @@ class OverflowSender:
         self._tail_gap = None
         self._wake()
 
-    def lose(
-        self,
-        count: int,
-        first: int,
-        last: int,
-        run_id: str,
-        lane_id: str,
-        *,
-        exact: bool = True,
-    ) -> None:
-        """Count *count* matching events that never reached the buffer (gone from
-        history before they were read) as matched and dropped, at the tail (not
-        *exact*: offsets history could not tell matched, an upper bound)."""
-        self._matched += count
-        self._dropped += count
+    def lose(self, gap: Gap) -> None:
+        """Count the ``gap.count`` matching events of *gap*, which never reached
+        the buffer (gone from history before they were read), as matched and
+        dropped, at the tail."""
+        self._matched += gap.count
+        self._dropped += gap.count
         if self._gap_events:
-            gap = self._gap_at_tail()
-            gap.add_range(count, first, last, run_id, lane_id, exact=exact)
+            self._gap_at_tail().merge(gap)
             self._wake()
 
     def end(self) -> None:

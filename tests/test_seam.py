@@ -64,7 +64,7 @@ def reaches_into_a_bus(path: Path, private: set[str]) -> list[str]:
 
 def test_the_check_knows_the_bus_private_names() -> None:
     private = bus_private_names()
-    assert {"_history", "_index", "_register", "_check_open", "_ingest"} <= private
+    assert {"_history", "_index", "_check_open", "_ingest"} <= private
 
 
 @pytest.mark.parametrize(

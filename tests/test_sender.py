@@ -33,7 +33,7 @@ from purpose_bus import (
     Visibility,
 )
 from purpose_bus._events import stamped
-from purpose_bus._sender import OverflowSender
+from purpose_bus._sender import Gap, OverflowSender
 
 DROP_POLICIES = [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST]
 
@@ -549,10 +549,11 @@ class TestAccounting:
         sender = OverflowSender(bound, policy, gap_events)
         offsets = iter(range(1, 1000))
         held = taken = 0
+        ended = False
         for operation in operations:
-            before = sender.matched
+            before = sender.statistics("s").matched
             offset = next(offsets)
-            if sender.ended and operation in ("offer", "terminal", "lose"):
+            if ended and operation in ("offer", "terminal", "lose"):
                 continue  # the bus offers nothing to an ended buffer
             if operation == "offer":
                 sender.offer(stamped(delta(str(offset)), offset, offset))
@@ -567,7 +568,7 @@ class TestAccounting:
                 items = got if isinstance(got, list) else [got]
                 taken += sum(1 for e in items if not isinstance(e, EventsDropped))
             elif operation == "lose":
-                sender.lose(2, offset, offset + 1, "r1", "main")
+                sender.lose(Gap(2, offset, offset + 1, "r1", "main"))
             elif operation == "read":
                 sender.read_from_history(2)
                 held += 2
@@ -581,9 +582,11 @@ class TestAccounting:
                 taken -= 1
             elif operation == "end":
                 sender.end()
+                ended = True
             elif operation == "discard":
                 sender.discard()
                 held = 0
+                ended = True
             self.check(sender, before)
         sender.discard()  # closes the streams (they warn otherwise)
         self.check(sender, 0)
