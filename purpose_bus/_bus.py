@@ -227,7 +227,7 @@ class EventBus:
                 raise anyio.WouldBlock
         self._accept(event)
 
-    async def publish(self, event: Event) -> Event | None:
+    async def publish(self, event: E) -> E | None:
         """Accept *event* like :meth:`emit` and return the stamped event, or
         ``None`` if a non-strict bus rejected it. Call it on the event loop.
 
@@ -250,7 +250,7 @@ class EventBus:
             await checkpoint()
         return await self._publish_checked(event)
 
-    def publish_from_thread(self, event: Event) -> Event | None:
+    def publish_from_thread(self, event: E) -> E | None:
         """From a thread other than the event loop's: :meth:`publish` *event* on
         the loop and wait for it; return what it returns, raise what it raises.
 
@@ -261,8 +261,8 @@ class EventBus:
         return self._handoff.publish(event)
 
     async def _publish_checked(
-        self, event: Event, source: object = None, strict: bool = True
-    ) -> Event | None:
+        self, event: E, source: object = None, strict: bool = True
+    ) -> E | None:
         self._check_open()
         if self._guarded(event, strict) is None:
             return None
@@ -384,7 +384,7 @@ class EventBus:
             "rejected a %s event of run %r: %s", event.kind, event.run_id, reason
         )
 
-    def _accept(self, event: Event, source: object = None) -> Event:
+    def _accept(self, event: E, source: object = None) -> E:
         """Stamp *event*, record it and deliver it: the one path of every
         accepted event, live or terminal, local or from a bridge."""
         run_id = event.run_id
@@ -408,7 +408,7 @@ class EventBus:
         stamp = _stampers.get(type(event))
         if stamp is None:
             stamp = stamper(type(event))
-        event = stamp(event, seq, offset)
+        event = stamp(event, seq, offset)  # type: ignore[assignment]  # same class
         evicted = self._history.append(event)
         if evicted is not None and self._replaying:
             self._lost_from_history(evicted)

@@ -19,7 +19,7 @@ import socket
 import threading
 from collections import deque
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["ThreadHandoff"]
 
 logger = logging.getLogger("purpose_bus")
+
+E = TypeVar("E", bound=Event)
 
 _Item = tuple[Event, "Future[Event | None] | None"]
 #: The drain yields to the scheduler once per this many events of a batch.
@@ -69,14 +71,14 @@ class ThreadHandoff:
         if self._accepted_here(event):
             self._enqueue((event, None))
 
-    def publish(self, event: Event) -> Event | None:
+    def publish(self, event: E) -> E | None:
         """Queue *event*, wait until the loop has published it and return what
         :meth:`EventBus.publish` returned (raising what it raised)."""
         if not self._accepted_here(event):
             return None
         future: Future[Event | None] = Future()
         self._enqueue((event, future))
-        return future.result()
+        return cast("E | None", future.result())  # the stamped copy of *event*
 
     def _accepted_here(self, event: Event) -> bool:
         return self._seam.admit_from_thread(event)

@@ -117,6 +117,19 @@ class TestEventBus:
             assert sub.receive_nowait() == published
             assert bus.replay() == [published]
 
+    async def test_publish_returns_the_type_it_was_given(self) -> None:
+        """Typed: ``publish(MessageDelta(...))`` gives ``MessageDelta | None``
+        (mypy --strict checks these annotations)."""
+        async with EventBus() as bus:
+            published: MessageDelta | None = await bus.publish(delta("a"))
+            assert isinstance(published, MessageDelta)
+            assert published.text == "a"
+            from_thread: MessageDelta | None = await anyio.to_thread.run_sync(
+                bus.publish_from_thread, delta("b")
+            )
+            assert isinstance(from_thread, MessageDelta)
+            assert from_thread.offset == 2
+
     @pytest.mark.parametrize(
         "value", [None, "event", {"run_id": "r1"}, 42, MessageDelta]
     )
@@ -125,7 +138,7 @@ class TestEventBus:
             with pytest.raises(TypeError):
                 bus.emit(value)  # type: ignore[arg-type]
             with pytest.raises(TypeError):
-                await bus.publish(value)  # type: ignore[arg-type]
+                await bus.publish(value)  # type: ignore[type-var]
             assert bus.statistics().emitted == 0
             assert drain(sub) == []
 
