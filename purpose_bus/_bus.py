@@ -410,7 +410,7 @@ class EventBus:
             stamp = stamper(type(event))
         event = stamp(event, seq, offset)  # type: ignore[assignment]  # same class
         evicted = self._history.append(event)
-        if evicted is not None and self._replaying:
+        if evicted is not None and self._replaying.size:
             self._lost_from_history(evicted)
         offer_each(event, self._index.candidates(run_id))
         if event.terminal:

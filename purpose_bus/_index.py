@@ -28,7 +28,7 @@ class SubscriberIndex(Generic[K]):
     """Owners by run. Buckets are tuples, replaced (never mutated) on change, so
     a bucket being iterated is never affected by it."""
 
-    __slots__ = ("_any_run", "_by_run", "_entries", "_merged", "blocking")
+    __slots__ = ("_any_run", "_by_run", "_entries", "_merged", "blocking", "size")
 
     def __init__(self) -> None:
         self._entries: dict[K, tuple[Entry[K], frozenset[str] | None]] = {}
@@ -37,6 +37,8 @@ class SubscriberIndex(Generic[K]):
         self._merged: dict[str, tuple[Entry[K], ...]] = {}
         #: How many indexed owners have the ``BLOCK`` policy.
         self.blocking = 0
+        #: How many owners are indexed (an attribute: read on every emit).
+        self.size = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -68,6 +70,7 @@ class SubscriberIndex(Generic[K]):
             owner,
         )
         self._entries[owner] = (entry, flt.run_ids)
+        self.size += 1
         if flt.run_ids is None:
             self._any_run = (*self._any_run, entry)
         else:
@@ -83,6 +86,7 @@ class SubscriberIndex(Generic[K]):
         if found is None:
             return
         entry, run_ids = found
+        self.size -= 1
         if run_ids is None:
             self._any_run = tuple(e for e in self._any_run if e is not entry)
         else:
@@ -106,4 +110,4 @@ class SubscriberIndex(Generic[K]):
         self._by_run.clear()
         self._any_run = ()
         self._merged.clear()
-        self.blocking = 0
+        self.blocking = self.size = 0

@@ -115,6 +115,7 @@ class OverflowSender:
     """
 
     __slots__ = (
+        "_beside",
         "_bound",
         "_buffered",
         "_closed",
@@ -158,6 +159,10 @@ class OverflowSender:
         #: (evicted in place by a terminal event), by index, never adjacent.
         self._dead: deque[list[int]] = deque()
         self._dead_count = 0
+        #: How many items are beside the stream or dead in it (due, pending,
+        #: dead): 0 on the fast paths, which then need no positions (``_taken``
+        #: counts only while it is not 0; positions are relative).
+        self._beside = 0
         #: The loss marker that is the last item of all, if one is.
         self._tail_gap: Gap | None = None
         self._terminals = 0
@@ -251,6 +256,7 @@ class OverflowSender:
         """Put a terminal event or a loss marker after everything held."""
         if self._ended:
             raise anyio.ClosedResourceError
+        self._beside += 1
         in_stream = self._in_stream()
         if in_stream:
             self._pending.append((self._taken + in_stream, item))
@@ -338,7 +344,7 @@ class OverflowSender:
         self._due.clear()
         self._pending.clear()
         self._dead.clear()
-        self._dead_count = 0
+        self._dead_count = self._beside = 0
         self._dropped += self._buffered + self._held
         self._buffered = self._held = 0
         self._terminals = 0
@@ -372,9 +378,8 @@ class OverflowSender:
             if due and type(due[-1]) is Gap:
                 due[-1].add(victim)
             else:
-                gap = Gap()
-                gap.add(victim)
-                due.append(gap)
+                due.append(Gap.of(victim))
+                self._beside += 1
         self._settle()
 
     def _kill_newest(self) -> None:
@@ -392,6 +397,7 @@ class OverflowSender:
         else:
             dead.append([victim, victim + 1])
         self._dead_count += 1
+        self._beside += 1
         self._buffered -= 1
         self._dropped += 1
 
@@ -406,6 +412,7 @@ class OverflowSender:
         if run[0] == run[1]:
             dead.popleft()
         self._dead_count -= 1
+        self._beside -= 1
         return True
 
     # -- the receive side -----------------------------------------------------
@@ -425,13 +432,12 @@ class OverflowSender:
         :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
         :raises anyio.ClosedResourceError: if the subscription was closed
         """
-        if self._due or self._pending or self._dead:
+        if self._beside:
             return self._take_in_order()
         receive = self._receive_nowait
         if receive is None:
             raise self._nothing()
         event = receive()
-        self._taken += 1
         self._buffered -= 1
         self._delivered += 1
         if self._room_waiter is not None:
@@ -444,6 +450,7 @@ class OverflowSender:
             due = self._due
             if due:
                 item = due.popleft()
+                self._beside -= 1
                 if type(item) is Gap:
                     return self._notice(item)
                 self._terminals -= 1
@@ -479,6 +486,7 @@ class OverflowSender:
                 if type(due[0]) is not Gap:
                     break
                 other = due.popleft()
+                self._beside -= 1
                 handed_tail = handed_tail or other is tail
                 gap.merge(other)  # type: ignore[arg-type]
             elif self._head_is_dead():
@@ -500,7 +508,7 @@ class OverflowSender:
         :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
         :raises anyio.ClosedResourceError: if the subscription was closed
         """
-        if self._due or self._pending or self._dead:
+        if self._beside:
             return take_up_to(self.take, limit)
         # Nothing beside the stream: it holds exactly ``buffered`` events.
         count = min(limit, self._buffered)
@@ -509,7 +517,6 @@ class OverflowSender:
         receive = self._receive_nowait
         assert receive is not None
         events: list[Event] = [receive() for _ in range(count)]
-        self._taken += count
         self._buffered -= count
         self._delivered += count
         if self._room_waiter is not None:
@@ -599,7 +606,6 @@ def offer_each(
                 # Full, drop-oldest without markers, nothing beside the stream:
                 # _evict_oldest() in one step, and take the head's place.
                 sender._receive_nowait()  # type: ignore[misc]
-                sender._taken += 1
                 sender._dropped += 1
             else:
                 sender.offer(event)  # full: the policy decides
