@@ -24,7 +24,7 @@ within 1.5x of its first.
 Usage::
 
     .venv/bin/python benchmarks/scaling.py [--repeat 5] [--events 5000]
-        [--backend asyncio trio] [--quick]
+        [--backend asyncio uvloop trio] [--quick]
 
 Prints a markdown table and writes ``benchmarks/results/scaling.json`` and, when
 matplotlib is importable, ``benchmarks/results/scaling.png``.
@@ -157,7 +157,15 @@ def measure(backend: str, repeat: int, count: int, quick: bool) -> dict[str, Any
     for curve, (sizes, *_rest) in CURVES.items():
         points: dict[str, float] = {}
         for size in sizes[:3] if quick else sizes:
-            us = anyio.run(_point, curve, size, repeat, count, backend=backend)
+            us = anyio.run(
+                _point,
+                curve,
+                size,
+                repeat,
+                count,
+                backend="asyncio" if backend == "uvloop" else backend,
+                backend_options={"use_uvloop": True} if backend == "uvloop" else None,
+            )
             points[str(size)] = us
             print(f"{backend} {curve} {size}: {us:.2f} µs", file=sys.stderr)
         figures[curve] = points
@@ -220,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--backend", nargs="+", default=["asyncio", "trio"])
+    parser.add_argument(
+        "--backend", nargs="+", default=["asyncio", "trio"], help="or uvloop"
+    )
     parser.add_argument("--quick", action="store_true", help="the first sizes only")
     parser.add_argument("--output", type=Path, default=RESULTS / "scaling.json")
     args = parser.parse_args(argv)
