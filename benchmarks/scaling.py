@@ -6,24 +6,25 @@ however many late joiners are still replaying other runs." This script measures
 the cost of ``bus.emit`` (microseconds per event, on each backend) as each of
 these grows, with everything else fixed:
 
-- ``terminals``: terminal events held by a subscriber that does not read (its
-  buffer of 1,000 full, ``DROP_OLDEST``): 0, 10, 100, 1k, 10k;
+- ``terminals``: terminal events held by a subscriber to every run that does
+  not read (its buffer of 1,000 full, ``DROP_OLDEST``): 0, 10, 100, 1k, 10k;
 - ``replaying``: subscribers still replaying other runs (each emit evicts an
   event from history): 1, 10, 100, 1k, 5k;
 - ``live``: live subscribers on other runs: 1, 10, 100, 1k, 10k;
 - ``history``: the size of a full history: 1k, 10k, 100k, 1M;
-- ``buffered``: events buffered by a subscriber that does not read (its buffer
-  full, so each emit evicts one): 10, 100, 1k, 10k, 100k.
+- ``buffered``: events buffered by the subscriber that does not read (its
+  buffer full, so each emit evicts one): 10, 100, 1k, 10k, 100k.
 
 Each emit goes to one subscriber that matches it and does not read (its buffer
-full, evicting the oldest); each figure is the fastest of ``--repeat`` loops of
-``--events`` emits, with the garbage collector off during the loop. The target:
-every curve flat, each point within 1.5x of its first.
+full: each emit evicts its oldest event, and the oldest event of history); each
+figure is the fastest of ``--repeat`` loops of ``--events`` emits, with the
+garbage collector off during the loop. The target: every curve flat, each point
+within 1.5x of its first.
 
 Usage::
 
     .venv/bin/python benchmarks/scaling.py [--repeat 5] [--events 5000]
-        [--backend asyncio trio] [--quick]
+        [--backend asyncio uvloop trio] [--quick]
 
 Prints a markdown table and writes ``benchmarks/results/scaling.json`` and, when
 matplotlib is importable, ``benchmarks/results/scaling.png``.
@@ -51,8 +52,7 @@ RESULTS = HERE / "results"
 #: The target: every point within this factor of its curve's first point.
 FLATNESS = 1.5
 
-#: A setup builds the situation on an open bus and returns the subscriber that
-#: the measured emits go to is made by the caller.
+#: Builds the situation a curve varies, on an open bus, for one size.
 Setup = Callable[[EventBus, AsyncExitStack, int], Awaitable[None]]
 
 
@@ -85,7 +85,7 @@ async def _nothing(bus: EventBus, stack: AsyncExitStack, count: int) -> None:
     return None
 
 
-#: name -> (the sizes, what the bus is made with, the setup, the x label).
+#: name -> (the sizes, the bus's options for a size, the setup, the x label).
 CURVES: dict[str, tuple[list[int], Callable[[int], dict[str, int]], Setup, str]] = {
     "terminals": (
         [0, 10, 100, 1_000, 10_000],
@@ -95,7 +95,7 @@ CURVES: dict[str, tuple[list[int], Callable[[int], dict[str, int]], Setup, str]]
     ),
     "replaying": (
         [1, 10, 100, 1_000, 5_000],
-        lambda n: {"history_size": n + 1000},
+        lambda n: {"history_size": 1000},
         _replaying,
         "subscribers still replaying other runs",
     ),
@@ -121,6 +121,7 @@ CURVES: dict[str, tuple[list[int], Callable[[int], dict[str, int]], Setup, str]]
 
 
 def _timed(emit: Callable[[Any], None], events: list[MessageDelta]) -> float:
+    """Microseconds per event of emitting *events*, the garbage collector off."""
     gc.collect()
     gc.disable()
     try:
@@ -133,15 +134,15 @@ def _timed(emit: Callable[[Any], None], events: list[MessageDelta]) -> float:
 
 
 async def _point(curve: str, size: int, repeat: int, count: int) -> float:
-    _, options, setup, _ = CURVES[curve]
-    async with EventBus(**options(size)) as bus, AsyncExitStack() as stack:
+    _, options_of, setup, _ = CURVES[curve]
+    options = options_of(size)
+    async with EventBus(**options) as bus, AsyncExitStack() as stack:
         await setup(bus, stack, size)
-        buffer_size = options(size).get("buffer_size", 1000)
         await stack.enter_async_context(bus.subscribe(run_id="measured"))
-        history = options(size)["history_size"]
-        # Fill history and the measured subscriber's buffer: every emit from
-        # now on evicts from both.
-        for i in range(max(history, buffer_size) + 1):
+        # Fill history and the measured subscriber's buffer (the other runs'
+        # events stay in history when it is larger than the buffer, so that
+        # the measured emits evict them).
+        for i in range(options.get("buffer_size", 1000) + 1):
             bus.emit(_delta("measured", i))
         best = float("inf")
         for _ in range(repeat):
@@ -151,18 +152,22 @@ async def _point(curve: str, size: int, repeat: int, count: int) -> float:
 
 
 def measure(backend: str, repeat: int, count: int, quick: bool) -> dict[str, Any]:
+    """Every curve on *backend*: ``{"backend", "curves": {curve: {size: µs}}}``."""
     figures: dict[str, dict[str, float]] = {}
     for curve, (sizes, *_rest) in CURVES.items():
-        if quick:
-            sizes = sizes[:3]
         points: dict[str, float] = {}
-        for size in sizes:
-            points[str(size)] = anyio.run(
-                _point, curve, size, repeat, count, backend=backend
+        for size in sizes[:3] if quick else sizes:
+            us = anyio.run(
+                _point,
+                curve,
+                size,
+                repeat,
+                count,
+                backend="asyncio" if backend == "uvloop" else backend,
+                backend_options={"use_uvloop": True} if backend == "uvloop" else None,
             )
-            print(
-                f"{backend} {curve} {size}: {points[str(size)]:.2f} µs", file=sys.stderr
-            )
+            points[str(size)] = us
+            print(f"{backend} {curve} {size}: {us:.2f} µs", file=sys.stderr)
         figures[curve] = points
     return {"backend": backend, "curves": figures}
 
@@ -173,6 +178,7 @@ def _ratio(points: dict[str, float]) -> float:
 
 
 def table(results: list[dict[str, Any]]) -> str:
+    """The figures as a markdown table, with each curve's worst / first ratio."""
     lines = [
         "| curve | backend | µs per emit, by size | worst / first |",
         "|---|---|---|---|",
@@ -192,6 +198,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """One panel per curve; whether matplotlib was there to draw it."""
     try:
         import matplotlib
 
@@ -221,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--events", type=int, default=5000)
-    parser.add_argument("--backend", nargs="+", default=["asyncio", "trio"])
+    parser.add_argument(
+        "--backend", nargs="+", default=["asyncio", "trio"], help="or uvloop"
+    )
     parser.add_argument("--quick", action="store_true", help="the first sizes only")
     parser.add_argument("--output", type=Path, default=RESULTS / "scaling.json")
     args = parser.parse_args(argv)

@@ -3,11 +3,13 @@ the subscriptions whose filters match."""
 
 from __future__ import annotations
 
+import enum
+import functools
 import itertools
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 
@@ -24,12 +26,14 @@ from ._history import History
 from ._index import SubscriberIndex
 from ._overflow import Overflow
 from ._remote import MergedReplay, ReplaySource
-from ._sender import offer_each
+from ._replay import ReplayReader
+from ._sender import Gap, OverflowSender, offer_each
 from ._statistics import BusStatistics
 from ._subscription import Subscription, wrong_thread
 from ._threads import ThreadHandoff
+from ._validate import count, overflow_policy
 
-__all__ = ["EventBus"]
+__all__ = ["BusSeam", "EventBus", "bus_seam"]
 
 logger = logging.getLogger("purpose_bus")
 
@@ -41,25 +45,26 @@ PUBLISH_YIELD_INTERVAL = 64
 #: A callable that sees every accepted event and where it came from (internal).
 Tap = Callable[[Event, object], None]
 
-_NEW, _OPEN, _CLOSING, _CLOSED = range(4)
+
+class _State(enum.Enum):
+    """Where a bus is in its life."""
+
+    NEW = "new"  # made, not opened yet
+    OPEN = "open"  # accepting events
+    CLOSING = "closing"  # refusing new events, delivering what threads handed off
+    CLOSED = "closed"  # every subscription ended
 
 
-def _positive(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value}")
-    return value
+class _Registered:
+    """What the bus holds for an entered subscription."""
 
+    __slots__ = ("buffer", "filter", "reader")
 
-def _overflow(value: Any) -> Overflow:
-    try:
-        return Overflow(value)
-    except ValueError:
-        raise ValueError(
-            f"unknown overflow policy {value!r}; use one of "
-            + ", ".join(f"Overflow.{o.name}" for o in Overflow)
-        ) from None
+    def __init__(self, flt: EventFilter, buffer: OverflowSender) -> None:
+        self.filter = flt
+        self.buffer = buffer
+        #: Its replay reader while it reads history, else ``None``.
+        self.reader: ReplayReader | None = None
 
 
 class EventBus:
@@ -98,27 +103,30 @@ class EventBus:
         strict: bool = False,
         max_runs: int = 10_000,
     ) -> None:
-        self._buffer_size = _positive("buffer_size", buffer_size, 1)
-        self._overflow = _overflow(overflow)
-        self._history = History(_positive("history_size", history_size, 0))
+        self._buffer_size = count("buffer_size", buffer_size, 1)
+        self._overflow = overflow_policy(overflow)
+        self._history = History(count("history_size", history_size, 0))
+        self._seam = BusSeam(self)
         self._handoff = ThreadHandoff(
-            self, _positive("thread_buffer_size", thread_buffer_size, 1)
+            self._seam, count("thread_buffer_size", thread_buffer_size, 1)
         )
         self._guards = tuple(guards)
         for guard in self._guards:
             if not callable(guard):
                 raise TypeError(f"guards must be callables, not {guard!r}")
         self._strict = bool(strict)
-        self._max_runs = _positive("max_runs", max_runs, 1)
-        self._state = _NEW
+        self._max_runs = count("max_runs", max_runs, 1)
+        self._state = _State.NEW
         self._task_group: TaskGroup | None = None
         self._loop_thread: int | None = None
         self._offset = 0
         self._seqs: OrderedDict[str, dict[str, int]] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
-        self._subscriptions: dict[Subscription[Event], None] = {}
-        self._index = SubscriberIndex()
-        self._replaying: set[Subscription[Event]] = set()
+        self._subscriptions: dict[Subscription[Event], _Registered] = {}
+        #: Live subscriptions, by run.
+        self._index: SubscriberIndex[Subscription[Event]] = SubscriberIndex()
+        #: The replay readers of subscriptions still reading history, by run.
+        self._replaying: SubscriberIndex[ReplayReader] = SubscriberIndex()
         self._rejected = 0
         self._rejected_lock = threading.Lock()
         self._dropped_by_closed = 0
@@ -134,14 +142,14 @@ class EventBus:
 
         :raises RuntimeError: if the bus was opened before
         """
-        if self._state != _NEW:
+        if self._state is not _State.NEW:
             raise RuntimeError("an EventBus can be opened only once")
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         self._loop_thread = threading.get_ident()
         self._handoff.open(task_group)
-        self._state = _OPEN
+        self._state = _State.OPEN
         return self
 
     async def __aexit__(
@@ -175,15 +183,15 @@ class EventBus:
             the bus's
         """
         self._check_loop("aclose()")
-        if self._state != _OPEN:
+        if self._state is not _State.OPEN:
             await checkpoint()
             return
-        self._state = _CLOSING
+        self._state = _State.CLOSING
         with anyio.CancelScope(shield=True):
             await self._handoff.close()
-        self._state = _CLOSED
-        for subscription in self._subscriptions:
-            subscription.sender.end()
+        self._state = _State.CLOSED
+        for registered in self._subscriptions.values():
+            registered.buffer.end()
         self._index.clear()
         self._replaying.clear()
         await checkpoint_if_cancelled()
@@ -191,7 +199,7 @@ class EventBus:
     @property
     def closed(self) -> bool:
         """Whether the bus has been closed (or is closing)."""
-        return self._state >= _CLOSING
+        return self._state in (_State.CLOSING, _State.CLOSED)
 
     # -- emitting -------------------------------------------------------------
 
@@ -218,12 +226,13 @@ class EventBus:
         if self._guards and self._guarded(event) is None:
             return
         if self._index.blocking or event.run_id in self._finished:
-            if isinstance(self._offer(event, strict=True, force=False), Subscription):
+            if self._ended_run(event, strict=True):
+                return
+            if self._full_blocking(event) is not None:
                 raise anyio.WouldBlock
-        else:
-            self._accept(event, None)
+        self._accept(event)
 
-    async def publish(self, event: Event) -> Event | None:
+    async def publish(self, event: E) -> E | None:
         """Accept *event* like :meth:`emit` and return the stamped event, or
         ``None`` if a non-strict bus rejected it. Call it on the event loop.
 
@@ -249,7 +258,7 @@ class EventBus:
             await checkpoint()
         return await self._publish_checked(event)
 
-    def publish_from_thread(self, event: Event) -> Event | None:
+    def publish_from_thread(self, event: E) -> E | None:
         """From a thread other than the event loop's: :meth:`publish` *event* on
         the loop and wait for it; return what it returns, raise what it raises.
 
@@ -260,37 +269,25 @@ class EventBus:
         return self._handoff.publish(event)
 
     async def _publish_checked(
-        self, event: Event, source: object = None, strict: bool = True
-    ) -> Event | None:
+        self, event: E, source: object = None, strict: bool = True
+    ) -> E | None:
         self._check_open()
         if self._guarded(event, strict) is None:
             return None
         while True:
-            result = self._offer(event, strict=strict, force=False, source=source)
-            if not isinstance(result, Subscription):
-                return result
-            await result.sender.wait_for_room()
+            if self._ended_run(event, strict):
+                return None
+            full = self._full_blocking(event)
+            if full is None:
+                return self._accept(event, source)
+            await full.wait_for_room()
             self._check_open()
 
     async def _ingest(self, event: Event, source: object) -> Event | None:
-        """Accept an event that another process accepted first (for bridges).
-
-        Guards and the run lifecycle apply (never raising: a rejection is logged
-        and counted); ``run_id``, ``lane_id``, ``seq`` and ``ts`` are kept and a
-        local ``offset`` is stamped; taps see *source*, so a bridge can tell its
-        own events from local ones. Waits while a matching ``BLOCK`` subscriber
-        is full.
-
-        :raises BusClosed: if the bus is not open
-        """
         self._check(event)
         return await self._publish_checked(event, source, strict=False)
 
     def _add_tap(self, tap: Tap) -> Callable[[], None]:
-        """Call ``tap(event, source)`` with every accepted event, synchronously,
-        on the loop, after it is recorded and delivered (*source* is ``None`` for
-        local events). Returns a function that removes the tap. A tap must not
-        raise (an exception is logged)."""
         self._taps = (*self._taps, tap)
 
         def remove() -> None:
@@ -299,10 +296,6 @@ class EventBus:
         return remove
 
     def _add_replay_source(self, source: ReplaySource) -> Callable[[], None]:
-        """Make ``subscribe(run_id=..., replay=True)`` (no ``after``) read the
-        run from *source* too (see :class:`~purpose_bus._remote.MergedReplay`),
-        from the next call of :meth:`subscribe` on. Returns a function that
-        removes the source."""
         self._replay_sources = (*self._replay_sources, source)
 
         def remove() -> None:
@@ -317,36 +310,50 @@ class EventBus:
         late event raises only if *strict*. Once the bus is closing, a full
         ``BLOCK`` subscriber takes the event beyond its bound."""
         while True:
-            closing = self._state != _OPEN
-            result = self._offer(event, strict=strict and self._strict, force=closing)
-            if not isinstance(result, Subscription):
-                return result
-            await result.sender.wait_for_room()
+            if self._ended_run(event, strict):
+                return None
+            full = (
+                None if self._state is not _State.OPEN else self._full_blocking(event)
+            )
+            if full is None:
+                return self._accept(event)
+            await full.wait_for_room()
+
+    def _deliver_handed_off_now(self, event: Event, *, strict: bool) -> Event | None:
+        """Accept a handed-off event at once (nothing may make it wait: no
+        ``BLOCK`` subscriber, or the bus is closing)."""
+        if self._ended_run(event, strict):
+            return None
+        return self._accept(event)
 
     def _force_room(self) -> None:
         """Wake every publisher waiting for room (the bus is closing)."""
         for subscription in self._index:
-            subscription.sender.wake_room(force=True)
+            self._subscriptions[subscription].buffer.wake_room(force=True)
 
-    def _offer(
-        self, event: Event, *, strict: bool, force: bool, source: object = None
-    ) -> Event | Subscription[Event] | None:
-        """Check the run lifecycle, then accept *event*; or return the full
-        ``BLOCK`` subscription it must wait for (unless *force*). Returns
-        ``None`` if the event was rejected (raising instead if *strict* and the
-        bus is strict)."""
-        if event.run_id in self._finished:
-            self._reject(event, f"run {event.run_id!r} has already ended", strict)
-            return None
+    def _ended_run(self, event: Event, strict: bool) -> bool:
+        """Whether *event*'s run has ended: then it is rejected (raising
+        :exc:`EventRejected` if *strict* and the bus is strict)."""
+        if event.run_id not in self._finished:
+            return False
+        self._reject(event, f"run {event.run_id!r} has already ended", strict)
+        return True
+
+    def _full_blocking(self, event: Event) -> OverflowSender | None:
+        """The buffer of a matching live ``BLOCK`` subscription that is full, if
+        there is one: *event* must wait for room in it."""
         if not self._index.blocking:
-            return self._accept(event, None, source)
-        targets = self._targets(event)
-        if not force:
-            for subscription in targets:
-                sender = subscription.sender
-                if sender.policy is Overflow.BLOCK and sender.full:
-                    return subscription
-        return self._accept(event, targets, source)
+            return None
+        visibility = event.visibility
+        for level, match, buffer, _ in self._index.candidates(event.run_id):
+            if (
+                buffer.policy is Overflow.BLOCK
+                and buffer.full
+                and visibility <= level
+                and (match is None or match(event))
+            ):
+                return buffer
+        return None
 
     def _check(self, event: object) -> None:
         """What the bus checks of an event before anything else (its fields
@@ -365,9 +372,11 @@ class EventBus:
             raise RuntimeError(wrong_thread(action))
 
     def _check_open(self) -> None:
-        if self._state != _OPEN:
+        if self._state is not _State.OPEN:
             raise BusClosed(
-                "the bus is closed" if self._state else "the bus is not open"
+                "the bus is not open"
+                if self._state is _State.NEW
+                else "the bus is closed"
             )
 
     def _guarded(self, event: Event, strict: bool = True) -> Event | None:
@@ -392,21 +401,9 @@ class EventBus:
             "rejected a %s event of run %r: %s", event.kind, event.run_id, reason
         )
 
-    def _targets(self, event: Event) -> list[Subscription[Event]]:
-        candidates = self._index.candidates(event.run_id)
-        visibility = event.visibility
-        return [
-            subscription
-            for level, match, _, subscription in candidates
-            if visibility <= level and (match is None or match(event))
-        ]
-
-    def _accept(
-        self,
-        event: Event,
-        targets: Iterable[Subscription[Event]] | None,
-        source: object = None,
-    ) -> Event:
+    def _accept(self, event: E, source: object = None) -> E:
+        """Stamp *event*, record it and deliver it: the one path of every
+        accepted event, live or terminal, local or from a bridge."""
         run_id = event.run_id
         lane_id = event.lane_id
         seqs = self._seqs
@@ -428,29 +425,16 @@ class EventBus:
         stamp = _stampers.get(type(event))
         if stamp is None:
             stamp = stamper(type(event))
-        event = stamp(event, seq, offset)
+        event = stamp(event, seq, offset)  # type: ignore[assignment]  # same class
         evicted = self._history.append(event)
-        if evicted is not None and self._replaying:
+        if evicted is not None and self._replaying.size:
             self._lost_from_history(evicted)
+        offer_each(event, self._index.candidates(run_id))
         if event.terminal:
-            self._deliver_terminal(event, targets)
             self._finish(run_id)
-        elif targets is None:
-            offer_each(event, self._index.candidates(run_id))  # the hot path
-        else:
-            for subscription in targets:
-                subscription.sender.offer(event)
         if self._taps:
             self._tap(event, source)
         return event
-
-    def _deliver_terminal(
-        self, event: Event, targets: Iterable[Subscription[Event]] | None
-    ) -> None:
-        if targets is None:
-            targets = self._targets(event)
-        for subscription in targets:
-            subscription.sender.offer_terminal(event)
 
     def _tap(self, event: Event, source: object) -> None:
         for tap in self._taps:
@@ -464,19 +448,20 @@ class EventBus:
         self._finished[run_id] = None
         if len(self._finished) > self._max_runs:
             self._finished.popitem(last=False)
-        for _, _, sender, subscription in self._index.bucket(run_id):
-            if subscription.filter.single_run == run_id:
-                sender.end()
+        for _, _, buffer, subscription in self._index.bucket(run_id):
+            if self._subscriptions[subscription].filter.single_run == run_id:
+                buffer.end()
                 self._index.remove(subscription)
 
     def _lost_from_history(self, event: Event) -> None:
-        for subscription in self._replaying:
-            if event.offset > subscription.cursor and subscription.filter.matches(
-                event
+        visibility = event.visibility
+        for level, match, _, reader in self._replaying.candidates(event.run_id):
+            if (
+                visibility <= level
+                and (match is None or match(event))
+                and event.offset > reader.cursor
             ):
-                subscription.lost_in_replay(
-                    1, event.offset, event.offset, event.run_id, event.lane_id
-                )
+                reader.lost(Gap.of(event))
 
     # -- subscribing ----------------------------------------------------------
 
@@ -559,68 +544,33 @@ class EventBus:
         )
         size = self._buffer_size if buffer_size is None else buffer_size
         if after is not None:
-            _positive("after", after, 0)
+            count("after", after, 0)
         options: dict[str, Any] = {
-            "buffer_size": _positive("buffer_size", size, 1),
-            "overflow": self._overflow if overflow is None else _overflow(overflow),
+            "buffer_size": count("buffer_size", size, 1),
+            "overflow": self._overflow
+            if overflow is None
+            else overflow_policy(overflow),
             "gap_events": bool(gap_events),
             "replay": bool(replay),
             "after": after,
             "name": name if name is not None else f"subscription-{next(self._names)}",
         }
         if replay and after is None and flt.single_run and self._replay_sources:
-            return MergedReplay(self, flt, **options)
-        return Subscription(self, flt, **options)
-
-    def _register(self, subscription: Subscription[Event]) -> None:
-        self._check_open()
-        self._subscriptions[subscription] = None
-        replay, after = subscription.wants_replay
-        if (after is None and not replay) or (
-            after is not None and after >= self._offset
-        ):
-            return self._go_live(
-                subscription
-            )  # live only, or a cursor from another bus
-        history = self._history
-        cursor = max(after or 0, history.oldest - 1)
-        if after is not None and after < cursor:
-            # History no longer reaches back to the cursor: count what is missing.
-            flt = subscription.filter
-            lanes = flt.lane_ids
-            lost = (
-                subscription.sender.lose
-                if cursor >= history.newest
-                else subscription.lost_in_replay
-            )
-            lost(
-                cursor - after,
-                after + 1,
-                cursor,
-                flt.single_run or "",
-                next(iter(lanes)) if lanes is not None and len(lanes) == 1 else "",
-            )
-        if cursor >= history.newest:
-            return self._go_live(subscription)  # nothing left to replay
-        subscription.cursor = cursor
-        subscription.replaying = True
-        self._replaying.add(subscription)
+            return MergedReplay._create(self._seam, flt, **options)
+        return Subscription._create(self._seam, flt, **options)
 
     def _go_live(self, subscription: Subscription[Event]) -> None:
-        self._replaying.discard(subscription)
-        subscription.replaying = False
-        run_id = subscription.filter.single_run
-        if self._state != _OPEN or (run_id is not None and run_id in self._finished):
-            subscription.sender.end()
+        registered = self._subscriptions[subscription]
+        if registered.reader is not None:
+            self._replaying.remove(registered.reader)
+            registered.reader = None
+        run_id = registered.filter.single_run
+        if self._state is not _State.OPEN or (
+            run_id is not None and run_id in self._finished
+        ):
+            registered.buffer.end()
             return
-        self._index.add(subscription)
-
-    def _unregister(self, subscription: Subscription[Event]) -> None:
-        self._replaying.discard(subscription)
-        self._index.remove(subscription)
-        if subscription in self._subscriptions:
-            del self._subscriptions[subscription]
-            self._dropped_by_closed += subscription.sender.dropped
+        self._index.add(subscription, registered.filter, registered.buffer)
 
     # -- history and statistics -----------------------------------------------
 
@@ -653,8 +603,8 @@ class EventBus:
         )
         return self._history.select(
             flt,
-            after=_positive("after", after, 0),
-            since_seq=_positive("since_seq", since_seq, 0),
+            after=count("after", after, 0),
+            since_seq=count("since_seq", since_seq, 0),
         )
 
     def statistics(self) -> BusStatistics:
@@ -667,3 +617,175 @@ class EventBus:
             history=len(self._history),
             subscriptions=subscriptions,
         )
+
+
+class BusSeam:
+    """The bus's internal interface: everything that the thread hand-off, the
+    subscriptions and the bridges (:mod:`purpose_bus.redis`) may ask of an
+    :class:`EventBus`, in one place. Nothing outside this module touches the
+    bus's private attributes (a test checks it); get a bus's seam with
+    :func:`bus_seam`. Not a public API: it may change with any release.
+
+    Every method runs on the bus's event loop thread unless it says otherwise.
+    """
+
+    __slots__ = ("_bus",)
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+
+    # -- admitting and accepting ----------------------------------------------
+
+    def admit_from_thread(self, event: Event) -> bool:
+        """In a thread other than the loop's: check *event* and run the guards
+        (what can be decided without the loop); whether it passed.
+
+        :raises TypeError: if *event* is not an emittable :class:`Event`
+        :raises BusClosed: if the bus is not open
+        :raises EventRejected: if a strict bus's guards refuse it
+        """
+        bus = self._bus
+        bus._check(event)
+        return bus._guarded(event) is not None
+
+    def check_open(self) -> None:
+        """:raises BusClosed: if the bus is not open (any thread)."""
+        self._bus._check_open()
+
+    def check_loop(self, action: str) -> None:
+        """:raises RuntimeError: naming *action*, if the bus is open and this is
+        not its event loop thread (any thread)."""
+        self._bus._check_loop(action)
+
+    async def ingest(self, event: Event, source: object) -> Event | None:
+        """Accept an event that another process accepted first (for bridges).
+
+        Guards and the run lifecycle apply (never raising: a rejection is logged
+        and counted); ``run_id``, ``lane_id``, ``seq`` and ``ts`` are kept and a
+        local ``offset`` is stamped; taps see *source*, so a bridge can tell its
+        own events from local ones. Waits while a matching ``BLOCK`` subscriber
+        is full; cancelled while waiting, it leaves no trace. Returns the
+        accepted event, or ``None`` if it was rejected.
+
+        :raises TypeError: if *event* is not an emittable :class:`Event`
+        :raises BusClosed: if the bus is not open, also if it closes meanwhile
+        """
+        return await self._bus._ingest(event, source)
+
+    def may_wait(self) -> bool:
+        """Whether delivering an event might have to wait (a live ``BLOCK``
+        subscription exists)."""
+        return bool(self._bus._index.blocking)
+
+    def deliver_now(self, event: Event, *, strict: bool) -> Event | None:
+        """Accept an event a thread handed off (admitted there) without waiting:
+        a full ``BLOCK`` subscription takes it beyond its bound. Returns it
+        stamped, or ``None`` if its run had ended (raising
+        :exc:`EventRejected` instead if *strict* and the bus is strict)."""
+        return self._bus._deliver_handed_off_now(event, strict=strict)
+
+    async def deliver_handed_off(self, event: Event, *, strict: bool) -> Event | None:
+        """:meth:`deliver_now`, but waiting for room in a full ``BLOCK``
+        subscription while the bus is open (once it is closing, the event goes
+        in beyond the bound)."""
+        return await self._bus._publish_handed_off(event, strict=strict)
+
+    def release_waiters(self) -> None:
+        """Wake every task waiting for room in a ``BLOCK`` subscription (the
+        bus is closing: they go in beyond the bound, or raise BusClosed)."""
+        self._bus._force_room()
+
+    # -- taps and replay sources ----------------------------------------------
+
+    def add_tap(self, tap: Tap) -> Callable[[], None]:
+        """Call ``tap(event, source)`` with every accepted event, synchronously,
+        on the loop, after it is recorded and delivered (*source* is ``None``
+        for local events). Returns a function that removes the tap. A tap must
+        not raise (an exception is logged)."""
+        return self._bus._add_tap(tap)
+
+    def add_replay_source(self, source: ReplaySource) -> Callable[[], None]:
+        """Make ``subscribe(run_id=..., replay=True)`` (no ``after``) read the
+        run from *source* too (see :class:`~purpose_bus._remote.MergedReplay`),
+        from the next call of :meth:`EventBus.subscribe` on. Returns a function
+        that removes the source."""
+        return self._bus._add_replay_source(source)
+
+    def replay_sources(self) -> tuple[ReplaySource, ...]:
+        """The replay sources registered now."""
+        return self._bus._replay_sources
+
+    # -- subscriptions --------------------------------------------------------
+
+    @property
+    def history(self) -> History:
+        """The bus's history (read it; only the bus appends)."""
+        return self._bus._history
+
+    def register(
+        self,
+        subscription: Subscription[Event],
+        flt: EventFilter,
+        buffer: OverflowSender,
+        *,
+        replay: bool,
+        after: int | None,
+    ) -> ReplayReader | None:
+        """Enter *subscription*: from now on every matching event accepted goes
+        to *buffer* or is counted as dropped. Returns the replay reader it
+        takes from until it switches to live events (``replay``, ``after``),
+        or ``None`` if it is live at once.
+
+        :raises BusClosed: if the bus is not open
+        """
+        bus = self._bus
+        bus._check_open()
+        registered = bus._subscriptions[subscription] = _Registered(flt, buffer)
+        if (after is None and not replay) or (
+            after is not None and after >= bus._offset
+        ):
+            bus._go_live(subscription)  # live only, or a cursor from another bus
+            return None
+        history = bus._history
+        cursor = max(after or 0, history.oldest - 1)
+        reader = ReplayReader(
+            history, flt, buffer, cursor, functools.partial(bus._go_live, subscription)
+        )
+        if after is not None and after < cursor:
+            # History no longer reaches back to the cursor: count what is missing.
+            lanes = flt.lane_ids
+            missing = Gap(
+                cursor - after,
+                after + 1,
+                cursor,
+                flt.single_run or "",
+                next(iter(lanes)) if lanes is not None and len(lanes) == 1 else "",
+                exact=False,  # an upper bound: history cannot tell what matched
+            )
+            if cursor >= history.newest:
+                buffer.lose(missing)
+            else:
+                reader.lost(missing)
+        if cursor >= history.newest:
+            bus._go_live(subscription)  # nothing left to replay
+            return None
+        registered.reader = reader
+        bus._replaying.add(reader, flt, buffer)
+        return reader
+
+    def unregister(self, subscription: Subscription[Event]) -> None:
+        """Forget *subscription* (closed): nothing more goes to its buffer; its
+        drops stay counted in the bus's statistics. Idempotent."""
+        bus = self._bus
+        registered = bus._subscriptions.pop(subscription, None)
+        if registered is None:
+            return
+        if registered.reader is not None:
+            bus._replaying.remove(registered.reader)
+        bus._index.remove(subscription)
+        bus._dropped_by_closed += registered.buffer.dropped
+
+
+def bus_seam(bus: EventBus) -> BusSeam:
+    """*bus*'s internal interface (see :class:`BusSeam`)."""
+    return bus._seam

@@ -427,8 +427,9 @@ class EventsDropped(Event):
     events it matched were lost before the event that follows this notice.
 
     ``run_id`` and ``lane_id`` are those of the first event lost (empty strings
-    when history no longer knows them). Never recorded in history; never counted
-    as delivered.
+    when history no longer knows them); a notice never names the run or lane of
+    an event the subscriber could not see. Never recorded in history; never
+    counted as delivered.
     """
 
     kind = "events.dropped"
@@ -439,3 +440,9 @@ class EventsDropped(Event):
     first_offset: int
     #: The offset of the last event lost.
     last_offset: int
+    #: ``False`` when the notice covers offsets that history no longer held
+    #: (``subscribe(after=...)`` with a cursor older than history): history
+    #: cannot tell whether those events matched, so ``count`` is an upper bound
+    #: and ``first_offset`` .. ``last_offset`` is a range of the bus's offsets,
+    #: not necessarily of events this subscriber would have received.
+    exact: bool = True

@@ -27,7 +27,7 @@ from ._sender import take_up_to
 from ._subscription import E_co, Subscription, _get_ident, wrong_thread
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
+    from ._bus import BusSeam
 
 __all__ = ["MergedReplay", "ReplaySource"]
 
@@ -72,11 +72,11 @@ class MergedReplay(Subscription[E_co]):
 
     def __init__(
         self,
-        bus: EventBus,
+        seam: BusSeam,
         flt: EventFilter,
         **kwargs: Any,
     ) -> None:
-        super().__init__(bus, flt, **kwargs)
+        super().__init__(seam, flt, **kwargs)
         self._backlog: deque[Event] = deque()
         self._seen: set[Hashable] = set()
         self._sources: tuple[ReplaySource, ...] = ()
@@ -96,7 +96,7 @@ class MergedReplay(Subscription[E_co]):
         await super().__aenter__()
         run_id = self._filter.single_run
         assert run_id is not None
-        sources = self._bus._replay_sources  # those open now
+        sources = self._seam.replay_sources()  # those open now
         seen = self._seen
         remote: list[tuple[Hashable, Event]] = []
         terminal: tuple[Hashable, Event] | None = None
@@ -120,7 +120,7 @@ class MergedReplay(Subscription[E_co]):
         self._sources = sources
         twins: dict[Hashable, Event] = {}  # identity -> the local history's event
         local: list[Event] = []  # what only the local history holds
-        for event in self._bus._history.iter_after(0, self._filter.run_ids):
+        for event in self._seam.history.iter_after(0, self._filter.run_ids):
             identity = self._known(event)
             if identity is None:
                 local.append(event)
@@ -176,15 +176,15 @@ class MergedReplay(Subscription[E_co]):
         local stream still holds (merged already, so counted as delivered; an
         event after the run's end would be counted as dropped), then
         unregister."""
-        buffer = self._buffer
+        unseen = 0
         while True:
             try:
                 event = Subscription.receive_nowait(self)
             except (anyio.WouldBlock, anyio.EndOfStream):
                 break
             if self._known(event) is None and not isinstance(event, EventsDropped):
-                buffer.delivered -= 1
-                buffer.dropped += 1
+                unseen += 1
+        self._buffer.withdraw(unseen)
         Subscription.close(self)
         self._done = True
 

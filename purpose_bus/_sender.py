@@ -1,22 +1,28 @@
 """The drop-oldest sender: one subscription's bounded buffer on an AnyIO memory
-object stream, with overflow policies and terminal priority.
+object stream, with overflow policies and terminal priority, at a cost per event
+that does not grow with what the buffer holds.
 
 The AnyIO stream itself is unbounded; this sender enforces the subscription's
-``buffer_size``. It evicts from the head of the stream with the receive end's
-``receive_nowait()`` (AnyIO has no public way to evict from the send side).
+``buffer_size``. The stream carries the evictable (non-terminal) events only.
+Terminal events and loss markers are kept beside it, each with its *position*:
+the number of stream items that come before it. So the oldest evictable event
+is always the head of the stream, evicted with the receive end's
+``receive_nowait()`` (AnyIO has no public way to evict from the send side), and
+the newest one is the tail, marked dead where it is (a run of dead stream
+indices) and skipped when it reaches the head. Every operation is O(1)
+amortized, whatever terminal events the buffer holds.
+
 Receivers never wait inside the stream: they wait on an :class:`anyio.Event` and
 then take with ``receive_nowait()``, so every event stays in the stream's buffer
 until it is taken, a cancelled receiver loses nothing, and the count of buffered
 events is exact.
 
-The stream is made when the first item is sent into it: an idle subscription
+The stream is made when the first event is sent into it: an idle subscription
 (one that has matched nothing yet) costs only this object and its counters.
 
-Losses are remembered, when the subscriber asked for ``gap_events``, as gap
-markers at the position of the loss: in the stream (where an event was
-discarded or evicted from the middle) or, for evictions at the head, in
-``_head_gap`` which precedes everything in the stream. A receiver turns a
-marker into an :class:`~purpose_bus.EventsDropped` notice.
+Losses are remembered, when the subscriber asked for ``gap_events``, as loss
+markers at the position of the loss; adjacent markers are handed out as one
+:class:`~purpose_bus.EventsDropped` notice.
 
 Everything here runs on the bus's event loop thread.
 """
@@ -24,6 +30,7 @@ Everything here runs on the bus's event loop thread.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TypeVar, Union
 
@@ -32,6 +39,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._events import Event, EventsDropped
 from ._overflow import Overflow
+from ._statistics import SubscriptionStatistics
 
 __all__ = ["Gap", "OverflowSender", "offer_each", "take_up_to"]
 
@@ -39,41 +47,48 @@ T = TypeVar("T")
 
 
 class Gap:
-    """A run of lost events at one position of a subscriber's stream."""
+    """A run of lost events at one position of a subscriber's stream: how many,
+    the first and last offset, the run and lane of the first, and whether every
+    one of them is known to have matched (*exact*; not for offsets history no
+    longer held: then *count* is an upper bound)."""
 
-    __slots__ = ("count", "first_offset", "lane_id", "last_offset", "run_id")
+    __slots__ = ("count", "exact", "first_offset", "lane_id", "last_offset", "run_id")
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.first_offset = 0
-        self.last_offset = 0
-        self.run_id = ""
-        self.lane_id = ""
+    def __init__(
+        self,
+        count: int = 0,
+        first_offset: int = 0,
+        last_offset: int = 0,
+        run_id: str = "",
+        lane_id: str = "",
+        *,
+        exact: bool = True,
+    ) -> None:
+        self.count = count
+        self.exact = exact
+        self.first_offset = first_offset
+        self.last_offset = last_offset
+        self.run_id = run_id
+        self.lane_id = lane_id
+
+    @classmethod
+    def of(cls, event: Event) -> Gap:
+        """The loss of *event* alone."""
+        return cls(1, event.offset, event.offset, event.run_id, event.lane_id)
 
     def add(self, event: Event) -> None:
         """Count *event* as lost here."""
-        self.add_range(1, event.offset, event.offset, event.run_id, event.lane_id)
-
-    def add_range(
-        self, count: int, first: int, last: int, run_id: str, lane_id: str
-    ) -> None:
-        """Count *count* events with offsets in ``first..last`` as lost here."""
-        if self.count == 0 or first < self.first_offset:
-            self.first_offset = first
-            self.run_id = run_id
-            self.lane_id = lane_id
-        self.last_offset = max(self.last_offset, last)
-        self.count += count
+        self.merge(Gap.of(event))
 
     def merge(self, other: Gap) -> None:
         """Absorb *other*, a gap adjacent to this one."""
-        self.add_range(
-            other.count,
-            other.first_offset,
-            other.last_offset,
-            other.run_id,
-            other.lane_id,
-        )
+        self.exact = self.exact and other.exact
+        if self.count == 0 or other.first_offset < self.first_offset:
+            self.first_offset = other.first_offset
+            self.run_id = other.run_id
+            self.lane_id = other.lane_id
+        self.last_offset = max(self.last_offset, other.last_offset)
+        self.count += other.count
 
     def notice(self) -> EventsDropped:
         """The notice a subscriber receives for this gap."""
@@ -83,6 +98,7 @@ class Gap:
             count=self.count,
             first_offset=self.first_offset,
             last_offset=self.last_offset,
+            exact=self.exact,
         )
 
 
@@ -91,15 +107,29 @@ Item = Union[Event, Gap]  # noqa: UP007  (a runtime alias)
 
 class OverflowSender:
     """One subscription's buffer: the send and receive ends of an unbounded AnyIO
-    memory object stream (made when the first item is sent), plus the counters.
+    memory object stream (made when the first event is sent) holding the
+    evictable events, the terminal events and loss markers beside it (with
+    their positions), and the counters.
 
     ``matched == delivered + dropped + buffered`` holds after every method.
     """
 
     __slots__ = (
+        "_beside",
+        "_bound",
+        "_buffered",
         "_closed",
+        "_dead",
+        "_dead_count",
+        "_delivered",
+        "_dropped",
+        "_due",
+        "_ended",
         "_evicts_at_once",
-        "_head_gap",
+        "_gap_events",
+        "_held",
+        "_matched",
+        "_pending",
         "_policy",
         "_receive",
         "_receive_nowait",
@@ -107,37 +137,55 @@ class OverflowSender:
         "_send",
         "_send_nowait",
         "_tail_gap",
+        "_taken",
         "_terminals",
         "_waiter",
-        "bound",
-        "buffered",
-        "delivered",
-        "dropped",
-        "ended",
-        "gap_events",
-        "matched",
     )
 
     def __init__(self, bound: int, policy: Overflow, gap_events: bool) -> None:
-        self._send: MemoryObjectSendStream[Item] | None = None
-        self._receive: MemoryObjectReceiveStream[Item] | None = None
-        self._send_nowait: Callable[[Item], None] | None = None
-        self._receive_nowait: Callable[[], Item] | None = None
+        self._send: MemoryObjectSendStream[Event] | None = None
+        self._receive: MemoryObjectReceiveStream[Event] | None = None
+        self._send_nowait: Callable[[Event], None] | None = None
+        self._receive_nowait: Callable[[], Event] | None = None
         self._policy = policy
-        self._head_gap: Gap | None = None
+        #: Stream items taken from the head so far (received or evicted): the
+        #: index of the stream's head.
+        self._taken = 0
+        #: Terminal events and loss markers that come before the stream's head.
+        self._due: deque[Item] = deque()
+        #: ``(position, item)`` for those that come later, by position.
+        self._pending: deque[tuple[int, Item]] = deque()
+        #: ``DROP_NEWEST``: runs ``[start, end)`` of dead stream indices
+        #: (evicted in place by a terminal event), by index, never adjacent.
+        self._dead: deque[list[int]] = deque()
+        self._dead_count = 0
+        #: How many items are beside the stream or dead in it (due, pending,
+        #: dead): 0 on the fast paths, which then need no positions (``_taken``
+        #: counts only while it is not 0; positions are relative).
+        self._beside = 0
+        #: The loss marker that is the last item of all, if one is.
         self._tail_gap: Gap | None = None
         self._terminals = 0
         self._waiter: anyio.Event | None = None
         self._room_waiter: anyio.Event | None = None
         self._closed = False
         self._evicts_at_once = policy is Overflow.DROP_OLDEST and not gap_events
-        self.bound = bound
-        self.gap_events = gap_events
-        self.buffered = 0
-        self.delivered = 0
-        self.dropped = 0
-        self.matched = 0
-        self.ended = False
+        self._bound = bound
+        self._gap_events = gap_events
+        self._buffered = 0
+        self._delivered = 0
+        self._dropped = 0
+        self._matched = 0
+        self._ended = False
+        #: Replayed events read from history and not yet handed out (held by
+        #: the subscription's replay reader, counted here).
+        self._held = 0
+
+    # -- the counters -----------------------------------------------------------
+    #
+    # ``matched == delivered + dropped + buffered`` after every method: each one
+    # that changes a counter moves events from one column to another, or adds
+    # the same number to ``matched`` and to one column.
 
     @property
     def policy(self) -> Overflow:
@@ -145,25 +193,81 @@ class OverflowSender:
         return self._policy
 
     @property
+    def gap_events(self) -> bool:
+        """Whether losses are announced with ``EventsDropped`` notices."""
+        return self._gap_events
+
+    @property
+    def dropped(self) -> int:
+        """Events lost: evicted, discarded, lost from history, or closed away."""
+        return self._dropped
+
+    def statistics(self, name: str) -> SubscriptionStatistics:
+        """A snapshot of the counters, for the subscription called *name*."""
+        return SubscriptionStatistics(
+            name=name,
+            buffered=self._buffered + self._held,
+            buffer_size=self._bound,
+            delivered=self._delivered,
+            dropped=self._dropped,
+            matched=self._matched,
+            overflow=self._policy,
+        )
+
+    # -- replay's accounting ----------------------------------------------------
+
+    def read_from_history(self, count: int) -> None:
+        """*count* matching events were read ahead from history: matched, and
+        held (by the replay reader) until handed out."""
+        self._matched += count
+        self._held += count
+
+    def hand_out_read(self) -> None:
+        """One event read ahead from history was handed to the consumer."""
+        self._held -= 1
+        self._delivered += 1
+
+    def lose_unread(self, count: int) -> None:
+        """*count* matching events left history (or were never in it) before
+        they were read: matched and dropped. (The replay reader announces them.)"""
+        self._matched += count
+        self._dropped += count
+
+    @property
     def full(self) -> bool:
         """Whether a live event would meet a full buffer."""
-        return self.buffered >= self.bound
+        return self._buffered >= self._bound
 
-    def _open(self) -> Callable[[Item], None]:
+    def _open(self) -> Callable[[Event], None]:
         """Make the stream (on the first send); return its ``send_nowait``."""
-        if self.ended:
+        if self._ended:
             raise anyio.ClosedResourceError
-        send, receive = anyio.create_memory_object_stream[Item](math.inf)
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
         self._send, self._receive = send, receive
         self._receive_nowait = receive.receive_nowait
         self._send_nowait = send.send_nowait
         return send.send_nowait
 
-    def _put(self, item: Item) -> None:
-        send = self._send_nowait
-        if send is None:
-            send = self._open()
-        send(item)
+    def _in_stream(self) -> int:
+        """How many items the stream holds (dead ones included)."""
+        return self._buffered - self._terminals + self._dead_count
+
+    def _put_beside(self, item: Item) -> None:
+        """Put a terminal event or a loss marker after everything held."""
+        if self._ended:
+            raise anyio.ClosedResourceError
+        self._beside += 1
+        in_stream = self._in_stream()
+        if in_stream:
+            self._pending.append((self._taken + in_stream, item))
+        else:
+            self._due.append(item)
+
+    def _settle(self) -> None:
+        """Move what now comes before the stream's head from pending to due."""
+        pending, taken = self._pending, self._taken
+        while pending and pending[0][0] <= taken:
+            self._due.append(pending.popleft()[1])
 
     # -- the send side --------------------------------------------------------
 
@@ -173,63 +277,59 @@ class OverflowSender:
         sure there is room (or is closing the bus), so the event always goes in.
         """
         # The emit hot path is offer_each(), which inlines the common cases.
-        self.matched += 1
+        self._matched += 1
+        if self._buffered >= self._bound and self._policy is not Overflow.BLOCK:
+            if (
+                self._policy is Overflow.DROP_NEWEST
+                or self._buffered == self._terminals
+            ):
+                self._lose_incoming(event)
+                return
+            self._evict_oldest()
         send = self._send_nowait
         if send is None:
             send = self._open()
-        elif self.buffered >= self.bound and not self._made_room(event):
-            return
         send(event)
-        self.buffered += 1
+        self._buffered += 1
         self._tail_gap = None
         if self._waiter is not None:
             self._wake()
 
     def offer_terminal(self, event: Event) -> None:
-        """:meth:`offer` for a terminal event: it is never dropped."""
-        self.matched += 1
-        if self.buffered >= self.bound:
-            self._made_room(event)
-        self._put(event)
-        self.buffered += 1
+        """:meth:`offer` for a terminal event: it is never dropped. In a full
+        buffer it makes room the policy's way (evicting the oldest or the newest
+        evictable event), or goes in beyond the bound if there is none."""
+        self._matched += 1
+        if (
+            self._buffered >= self._bound
+            and self._policy is not Overflow.BLOCK
+            and self._buffered > self._terminals
+        ):
+            if self._policy is Overflow.DROP_OLDEST:
+                self._evict_oldest()
+            else:
+                self._kill_newest()
+        self._put_beside(event)
+        self._buffered += 1
         self._terminals += 1
         self._tail_gap = None
         self._wake()
 
-    def _made_room(self, event: Event) -> bool:
-        """The buffer is full: apply the policy. Return whether *event* goes in
-        (it was counted as dropped otherwise)."""
-        policy = self._policy
-        if policy is Overflow.DROP_OLDEST and not self._terminals:
-            self._evict_head()
-            return True
-        if policy is Overflow.BLOCK:
-            return True
-        if policy is Overflow.DROP_NEWEST and not event.terminal:
-            self._lose_incoming(event)
-            return False
-        return self._make_room(event)
-
-    def lose(
-        self, count: int, first: int, last: int, run_id: str, lane_id: str
-    ) -> None:
-        """Count *count* matching events that never reached the buffer (gone from
-        history before they were read) as matched and dropped, at the tail."""
-        self.matched += count
-        self.dropped += count
-        if self.gap_events:
-            gap = self._tail_gap
-            if gap is None:
-                gap = self._tail_gap = Gap()
-                self._put(gap)
-            gap.add_range(count, first, last, run_id, lane_id)
+    def lose(self, gap: Gap) -> None:
+        """Count the ``gap.count`` matching events of *gap*, which never reached
+        the buffer (gone from history before they were read), as matched and
+        dropped, at the tail."""
+        self._matched += gap.count
+        self._dropped += gap.count
+        if self._gap_events:
+            self._gap_at_tail().merge(gap)
             self._wake()
 
     def end(self) -> None:
         """End the stream: the receiver gets what is buffered, then
         :exc:`anyio.EndOfStream`. Idempotent."""
-        if not self.ended:
-            self.ended = True
+        if not self._ended:
+            self._ended = True
             if self._send is not None:
                 self._send.close()
             self._wake()
@@ -240,98 +340,80 @@ class OverflowSender:
         and the receive end is closed. Idempotent."""
         self.end()
         self._closed = True
-        self._head_gap = self._tail_gap = None
-        self.dropped += self.buffered
-        self.buffered = 0
+        self._tail_gap = None
+        self._due.clear()
+        self._pending.clear()
+        self._dead.clear()
+        self._dead_count = self._beside = 0
+        self._dropped += self._buffered + self._held
+        self._buffered = self._held = 0
         self._terminals = 0
         if self._receive is not None:
             self._receive.close()
 
     def _lose_incoming(self, event: Event) -> None:
-        self.dropped += 1
-        if self.gap_events:
-            gap = self._tail_gap
-            if gap is None:
-                gap = self._tail_gap = Gap()
-                self._put(gap)
-            gap.add(event)
+        self._dropped += 1
+        if self._gap_events:
+            self._gap_at_tail().add(event)
             self._wake()
 
-    def _evict_head(self) -> None:
-        # No terminal event is buffered, so the head is an event we may drop
-        # (possibly behind gap markers, which join the head gap).
-        receive = self._receive_nowait
-        assert receive is not None
-        while True:
-            item = receive()
-            if type(item) is Gap:
-                self._gap_at_head().merge(item)
-                continue
-            self.buffered -= 1
-            self.dropped += 1
-            if self.gap_events:
-                self._gap_at_head().add(item)  # type: ignore[arg-type]
-            return
-
-    def _gap_at_head(self) -> Gap:
-        if self._head_gap is None:
-            self._head_gap = Gap()
-        return self._head_gap
-
-    def _make_room(self, event: Event) -> bool:
-        # The slow path: drain the stream, pick the victim, put the rest back.
-        items = self._drain()
-        if self._policy is Overflow.DROP_NEWEST:
-            positions = range(len(items) - 1, -1, -1)
-        else:
-            positions = range(len(items))
-        for index in positions:
-            victim = items[index]
-            if type(victim) is not Gap and not victim.terminal:  # type: ignore[union-attr]
-                break
-        else:
-            index = -1
-        if index >= 0:
-            items[index] = self._lost_marker(items[index])  # type: ignore[arg-type]
-        self._refill(items)
-        if index >= 0 or event.terminal:
-            return True
-        self._lose_incoming(event)
-        return False
-
-    def _lost_marker(self, victim: Event) -> Gap | None:
-        self.buffered -= 1
-        self.dropped += 1
-        if not self.gap_events:
-            return None
-        gap = Gap()
-        gap.add(victim)
+    def _gap_at_tail(self) -> Gap:
+        gap = self._tail_gap
+        if gap is None:
+            gap = self._tail_gap = Gap()
+            self._put_beside(gap)
         return gap
 
-    def _drain(self) -> list[Item | None]:
-        items: list[Item | None] = []
-        if self._head_gap is not None:
-            items.append(self._head_gap)
-            self._head_gap = None
+    def _evict_oldest(self) -> None:
+        """Evict the stream's head, a live evictable event (no policy but
+        ``DROP_NEWEST`` leaves dead ones), leaving a marker in its place."""
         receive = self._receive_nowait
         assert receive is not None
-        while True:
-            try:
-                items.append(receive())
-            except anyio.WouldBlock:
-                return items
+        victim = receive()
+        self._taken += 1
+        self._buffered -= 1
+        self._dropped += 1
+        if self._gap_events:
+            due = self._due
+            if due and type(due[-1]) is Gap:
+                due[-1].add(victim)
+            else:
+                due.append(Gap.of(victim))
+                self._beside += 1
+        self._settle()
 
-    def _refill(self, items: list[Item | None]) -> None:
-        previous: Item | None = None
-        for item in items:
-            if item is None:
-                continue
-            if type(item) is Gap and type(previous) is Gap:
-                previous.merge(item)
-                continue
-            self._put(item)
-            previous = item
-        self._tail_gap = previous if type(previous) is Gap else None
+    def _kill_newest(self) -> None:
+        """``DROP_NEWEST``: mark the newest live evictable event dead, where it
+        is (it is skipped, or handed out as a loss, when it reaches the head)."""
+        dead = self._dead
+        tail = self._taken + self._in_stream() - 1
+        victim = dead[-1][0] - 1 if dead and dead[-1][1] == tail + 1 else tail
+        if dead and dead[-1][0] == victim + 1:
+            dead[-1][0] = victim
+            if len(dead) > 1 and dead[-2][1] == victim:
+                dead[-2][1] = dead.pop()[1]
+        elif dead and dead[-1][1] == victim:
+            dead[-1][1] = victim + 1
+        else:
+            dead.append([victim, victim + 1])
+        self._dead_count += 1
+        self._beside += 1
+        self._buffered -= 1
+        self._dropped += 1
+
+    def _head_is_dead(self) -> bool:
+        """Whether the stream's head is dead; if so, forget that it is (the
+        caller takes it)."""
+        dead = self._dead
+        if not dead or dead[0][0] != self._taken:
+            return False
+        run = dead[0]
+        run[0] += 1
+        if run[0] == run[1]:
+            dead.popleft()
+        self._dead_count -= 1
+        self._beside -= 1
+        return True
 
     # -- the receive side -----------------------------------------------------
 
@@ -339,7 +421,7 @@ class OverflowSender:
         """What taking from an empty buffer raises."""
         if self._closed:
             return anyio.ClosedResourceError()
-        if self.ended:
+        if self._ended:
             return anyio.EndOfStream()
         return anyio.WouldBlock()
 
@@ -350,25 +432,73 @@ class OverflowSender:
         :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
         :raises anyio.ClosedResourceError: if the subscription was closed
         """
-        gap = self._head_gap
-        if gap is not None:
-            self._head_gap = None
-            return gap.notice()
+        if self._beside:
+            return self._take_in_order()
         receive = self._receive_nowait
         if receive is None:
             raise self._nothing()
-        item = receive()
-        if type(item) is Gap:
-            if item is self._tail_gap:
-                self._tail_gap = None
-            return item.notice()
-        self.buffered -= 1
-        self.delivered += 1
-        if self._terminals and item.terminal:  # type: ignore[union-attr]
-            self._terminals -= 1
+        event = receive()
+        self._buffered -= 1
+        self._delivered += 1
         if self._room_waiter is not None:
             self.wake_room()
-        return item  # type: ignore[return-value]
+        return event
+
+    def _take_in_order(self) -> Event:
+        """:meth:`take` when terminal events, markers or dead events are held."""
+        while True:
+            due = self._due
+            if due:
+                item = due.popleft()
+                self._beside -= 1
+                if type(item) is Gap:
+                    return self._notice(item)
+                self._terminals -= 1
+                return self._handed_out(item)  # type: ignore[arg-type]
+            receive = self._receive_nowait
+            if receive is None:
+                raise self._nothing()
+            event = receive()
+            dead = self._head_is_dead()
+            self._taken += 1
+            self._settle()
+            if not dead:
+                return self._handed_out(event)
+            if self._gap_events:
+                gap = Gap()
+                gap.add(event)
+                return self._notice(gap)
+
+    def _handed_out(self, event: Event) -> Event:
+        self._buffered -= 1
+        self._delivered += 1
+        if self._room_waiter is not None:
+            self.wake_room()
+        return event
+
+    def _notice(self, gap: Gap) -> EventsDropped:
+        """The notice for *gap*, the marker at the head, with every marker (and
+        dead event) right after it merged in."""
+        due, tail = self._due, self._tail_gap
+        handed_tail = gap is tail
+        while True:
+            if due:
+                if type(due[0]) is not Gap:
+                    break
+                other = due.popleft()
+                self._beside -= 1
+                handed_tail = handed_tail or other is tail
+                gap.merge(other)  # type: ignore[arg-type]
+            elif self._head_is_dead():
+                assert self._receive_nowait is not None
+                gap.add(self._receive_nowait())
+                self._taken += 1
+                self._settle()
+            else:
+                break
+        if handed_tail:
+            self._tail_gap = None
+        return gap.notice()
 
     def take_batch(self, limit: int) -> list[Event]:
         """Take up to *limit* (>= 1) ready events and gap notices, in order,
@@ -378,22 +508,27 @@ class OverflowSender:
         :raises anyio.EndOfStream: if nothing is buffered and the stream has ended
         :raises anyio.ClosedResourceError: if the subscription was closed
         """
-        if self.gap_events:
+        if self._beside:
             return take_up_to(self.take, limit)
-        # No gap markers anywhere: the stream holds exactly ``buffered`` events.
-        count = min(limit, self.buffered)
+        # Nothing beside the stream: it holds exactly ``buffered`` events.
+        count = min(limit, self._buffered)
         if not count:
             raise self._nothing()
         receive = self._receive_nowait
         assert receive is not None
-        events: list[Event] = [receive() for _ in range(count)]  # type: ignore[misc]
-        self.buffered -= count
-        self.delivered += count
-        if self._terminals:
-            self._terminals -= sum(1 for event in events if event.terminal)
+        events: list[Event] = [receive() for _ in range(count)]
+        self._buffered -= count
+        self._delivered += count
         if self._room_waiter is not None:
             self.wake_room()
         return events
+
+    def withdraw(self, count: int) -> None:
+        """*count* events taken from this buffer were not handed to the consumer
+        after all (a merged replay that ended before them): count them as
+        dropped, not delivered."""
+        self._delivered -= count
+        self._dropped += count
 
     async def wait(self) -> None:
         """Wait until something may be taken (or the stream ended).
@@ -419,7 +554,9 @@ class OverflowSender:
     def wake_room(self, *, force: bool = False) -> None:
         """Wake the publishers waiting for room, if there is room (or *force*)."""
         waiter = self._room_waiter
-        if waiter is not None and (force or self.ended or self.buffered < self.bound):
+        if waiter is not None and (
+            force or self._ended or self._buffered < self._bound
+        ):
             self._room_waiter = None
             waiter.set()
 
@@ -444,28 +581,36 @@ def offer_each(
         tuple[int, Callable[[Event], bool] | None, OverflowSender, object]
     ],
 ) -> None:
-    """The hot path of an emit: :meth:`OverflowSender.offer` *event*, a
-    non-terminal event, to the sender of each entry (``(visibility level, the
-    rest of the filter or None, sender, owner)``) whose filter passes; one frame
-    for every subscriber, with the common case (room in the buffer) inlined."""
+    """Deliver an accepted *event* to the buffer of each entry (``(visibility
+    level, the rest of the filter or None, buffer, owner)``) whose filter
+    passes: :meth:`OverflowSender.offer_terminal` for a terminal event, else
+    :meth:`OverflowSender.offer`, with its common case (room in the buffer, or
+    a drop-oldest eviction from the head) inlined: this is the emit's hot path,
+    one frame for every subscriber. Part of :class:`OverflowSender`'s own code
+    (it keeps the invariant); a function only to save a call per subscriber."""
     visibility = int(event.visibility)
+    if event.terminal:
+        for level, match, sender, _ in entries:
+            if visibility <= level and (match is None or match(event)):
+                sender.offer_terminal(event)
+        return
     for level, match, sender, _ in entries:
         if visibility <= level and (match is None or match(event)):
             send = sender._send_nowait
             if send is None:
                 sender.offer(event)  # the first item: makes the stream
                 continue
-            if sender.buffered < sender.bound:
-                sender.buffered += 1
+            if sender._buffered < sender._bound:
+                sender._buffered += 1
             elif sender._evicts_at_once and not sender._terminals:
-                # Full, drop-oldest without gap markers (the stream holds events
-                # only): _evict_head() in one step, and take the head's place.
+                # Full, drop-oldest without markers, nothing beside the stream:
+                # _evict_oldest() in one step, and take the head's place.
                 sender._receive_nowait()  # type: ignore[misc]
-                sender.dropped += 1
+                sender._dropped += 1
             else:
                 sender.offer(event)  # full: the policy decides
                 continue
-            sender.matched += 1
+            sender._matched += 1
             send(event)
             sender._tail_gap = None
             if sender._waiter is not None:

@@ -32,6 +32,9 @@ class SubscriptionStatistics:
     dropped: int
     #: The subscription's overflow policy.
     overflow: Overflow
+    #: Matching events so far: ``delivered + dropped + buffered``, counted on
+    #: their own (a replayed event counts when it is read from history).
+    matched: int
 
 
 @attrs.frozen(kw_only=True)

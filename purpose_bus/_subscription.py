@@ -6,10 +6,9 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar
 
 import anyio
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
@@ -17,13 +16,15 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 from ._events import Event
 from ._filters import EventFilter
 from ._overflow import Overflow
-from ._sender import Gap, OverflowSender, take_up_to
+from ._replay import ReplayReader
+from ._sender import OverflowSender, take_up_to
 from ._statistics import SubscriptionStatistics
+from ._validate import count
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
+    from ._bus import BusSeam
 
-__all__ = ["YIELD_INTERVAL", "Subscription", "wrong_thread"]
+__all__ = ["YIELD_INTERVAL", "NoPublicConstructor", "Subscription", "wrong_thread"]
 
 E_co = TypeVar("E_co", bound=Event, covariant=True)
 T = TypeVar("T")
@@ -35,8 +36,22 @@ T = TypeVar("T")
 #: is drained in one turn, so a subscriber keeps up with a publisher that yields
 #: once per burst (``publish`` yields every 64).
 YIELD_INTERVAL = 1024
-#: How many replayed events are read from history at a time.
-_READ_AHEAD = 64
+S = TypeVar("S")
+
+
+class NoPublicConstructor(type):
+    """The metaclass of a class users get from a factory, never construct
+    (trio's pattern): calling the class raises :exc:`TypeError`; the factory
+    calls ``cls._create(...)``."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(
+            f"{cls.__module__}.{cls.__qualname__} has no public constructor"
+            " (use EventBus.subscribe())"
+        )
+
+    def _create(cls: type[S], *args: object, **kwargs: object) -> S:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc,no-any-return]
 
 
 def _cancellation_check() -> Callable[[], Awaitable[None]]:
@@ -72,14 +87,7 @@ def wrong_thread(action: str) -> str:
     )
 
 
-def _check_max_items(max_items: int) -> None:
-    if isinstance(max_items, bool) or not isinstance(max_items, int):
-        raise TypeError(f"max_items must be an int, not {type(max_items).__name__}")
-    if max_items < 1:
-        raise ValueError(f"max_items must be >= 1, not {max_items}")
-
-
-class Subscription(Generic[E_co]):
+class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
     """The events of one bus that match one filter, in offset order, each at most
     once, as they are accepted; made by :meth:`EventBus.subscribe`.
 
@@ -99,24 +107,21 @@ class Subscription(Generic[E_co]):
     __slots__ = (
         "_after",
         "_buffer",
-        "_bus",
         "_cancelled_check",
         "_closed",
         "_entered",
         "_filter",
         "_name",
-        "_read_ahead",
+        "_reader",
         "_replay",
-        "_replay_gap",
+        "_seam",
         "_streak",
         "_thread",
-        "cursor",
-        "replaying",
     )
 
     def __init__(
         self,
-        bus: EventBus,
+        seam: BusSeam,
         flt: EventFilter,
         *,
         buffer_size: int,
@@ -126,7 +131,7 @@ class Subscription(Generic[E_co]):
         after: int | None,
         name: str,
     ) -> None:
-        self._bus = bus
+        self._seam = seam
         self._filter = flt
         self._buffer = OverflowSender(buffer_size, overflow, gap_events)
         self._replay = replay
@@ -139,12 +144,8 @@ class Subscription(Generic[E_co]):
         # entered (on the bus's loop, which it checks), then the loop's.
         self._thread = _get_ident()
         self._cancelled_check: Callable[[], Awaitable[None]] = checkpoint_if_cancelled
-        # Replay state: a cursor (the offset last read from history), the events
-        # read ahead and the losses met while replaying.
-        self.replaying = False
-        self.cursor = 0
-        self._read_ahead: deque[Event] | None = None  # made when replay reads
-        self._replay_gap: Gap | None = None
+        #: Reads history until the switch to live events (replay, or after=).
+        self._reader: ReplayReader | None = None
 
     @property
     def name(self) -> str:
@@ -155,16 +156,6 @@ class Subscription(Generic[E_co]):
     def filter(self) -> EventFilter:
         """The filter this subscription matches events with."""
         return self._filter
-
-    @property
-    def sender(self) -> OverflowSender:
-        """The buffer the bus delivers live events into (internal)."""
-        return self._buffer
-
-    @property
-    def wants_replay(self) -> tuple[bool, int | None]:
-        """``(replay, after)`` as given to :meth:`EventBus.subscribe` (internal)."""
-        return self._replay, self._after
 
     # -- the context manager --------------------------------------------------
 
@@ -181,9 +172,11 @@ class Subscription(Generic[E_co]):
         if self._entered or self._closed:
             raise RuntimeError("a subscription can be entered only once")
         try:
-            self._bus._check_loop("entering a subscription")
+            self._seam.check_loop("entering a subscription")
             await checkpoint_if_cancelled()
-            self._bus._register(self)
+            self._reader = self._seam.register(
+                self, self._filter, self._buffer, replay=self._replay, after=self._after
+            )
         except BaseException:
             self.close()
             raise
@@ -214,14 +207,12 @@ class Subscription(Generic[E_co]):
         if self._entered and _get_ident() != self._thread:
             raise RuntimeError(wrong_thread("close()"))
         self._closed = True
-        if self._read_ahead:
-            self._buffer.dropped += len(self._read_ahead)
-            self._read_ahead.clear()
-        self._replay_gap = None
-        self.replaying = False
+        if self._reader is not None:
+            self._reader.discard()
+            self._reader = None
         self._buffer.discard()
         if self._entered:
-            self._bus._unregister(self)
+            self._seam.unregister(self)
 
     def __del__(self) -> None:
         if getattr(self, "_closed", True):
@@ -251,7 +242,7 @@ class Subscription(Generic[E_co]):
         """
         if _get_ident() != self._thread:
             raise RuntimeError(wrong_thread("receiving"))
-        if self.replaying:
+        if self._reader is not None:
             return self._take_replayed()  # type: ignore[return-value]
         return self._buffer.take()  # type: ignore[return-value]
 
@@ -328,7 +319,7 @@ class Subscription(Generic[E_co]):
         :raises RuntimeError: if called from a thread (or event loop) other
             than the bus's
         """
-        _check_max_items(max_items)
+        count("max_items", max_items, 1)
         await self._ready()
 
         def take() -> list[Event]:
@@ -353,7 +344,7 @@ class Subscription(Generic[E_co]):
         :raises TypeError: if *max_items* is not an int
         :raises ValueError: if *max_items* is below 1
         """
-        _check_max_items(max_items)
+        count("max_items", max_items, 1)
         return _Batches(self, max_items)
 
     async def _ready(self) -> None:
@@ -394,79 +385,29 @@ class Subscription(Generic[E_co]):
 
     def statistics(self) -> SubscriptionStatistics:
         """A snapshot of this subscription's counters."""
-        buffer = self._buffer
-        return SubscriptionStatistics(
-            name=self._name,
-            buffered=buffer.buffered + len(self._read_ahead or ()),
-            buffer_size=buffer.bound,
-            delivered=buffer.delivered,
-            dropped=buffer.dropped,
-            overflow=buffer.policy,
-        )
+        return self._buffer.statistics(self._name)
 
     # -- replay ---------------------------------------------------------------
-
-    def lost_in_replay(
-        self, count: int, first: int, last: int, run_id: str, lane_id: str
-    ) -> None:
-        """Count *count* matching events that left history (or were never in it)
-        before this subscription read them (internal)."""
-        buffer = self._buffer
-        buffer.matched += count
-        buffer.dropped += count
-        if buffer.gap_events:
-            if self._replay_gap is None:
-                self._replay_gap = Gap()
-            self._replay_gap.add_range(count, first, last, run_id, lane_id)
 
     def _take_replayed(self) -> Event:
         if self._closed:
             raise anyio.ClosedResourceError
-        buffer = self._buffer
-        while True:
-            if self._read_ahead:
-                buffer.delivered += 1
-                event = self._read_ahead.popleft()
-                # Caught up? Switch to live now, not at the next receive:
-                # history could evict what a live buffer has room for.
-                if (
-                    not self._read_ahead
-                    and self._replay_gap is None
-                    and not self._read_more()
-                ):
-                    self._bus._go_live(self)
-                return event
-            if self._replay_gap is not None:
-                gap, self._replay_gap = self._replay_gap, None
-                return gap.notice()
-            if not self._read_more():
-                self._bus._go_live(self)
-                return buffer.take()
+        assert self._reader is not None
+        event = self._reader.take()
+        if event is not None:
+            return event
+        self._reader = None  # switched to live
+        return self._buffer.take()
 
     def _take_batch(self, limit: int) -> list[Event]:
         """Up to *limit* (>= 1) ready events, at least one, without waiting; raises
         as :meth:`receive_nowait` does. Replayed events are taken one by one (up
         to the switch to live events, if it comes), live ones in one step."""
-        if self.replaying:
+        if self._reader is not None:
             return take_up_to(self.receive_nowait, limit)
         if _get_ident() != self._thread:
             raise RuntimeError(wrong_thread("receiving"))
         return self._buffer.take_batch(limit)
-
-    def _read_more(self) -> bool:
-        matches = self._filter.matches
-        events = self._bus._history.iter_after(self.cursor, self._filter.run_ids)
-        read = self._read_ahead
-        if read is None:
-            read = self._read_ahead = deque()
-        for event in events:
-            self.cursor = event.offset
-            if matches(event):
-                read.append(event)
-                if len(read) >= _READ_AHEAD:
-                    break
-        self._buffer.matched += len(read)
-        return bool(read)
 
 
 class _Batches(Generic[E_co]):

@@ -19,7 +19,7 @@ import socket
 import threading
 from collections import deque
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -29,11 +29,13 @@ from ._events import Event
 from ._exceptions import BusClosed
 
 if TYPE_CHECKING:
-    from ._bus import EventBus
+    from ._bus import BusSeam
 
 __all__ = ["ThreadHandoff"]
 
 logger = logging.getLogger("purpose_bus")
+
+E = TypeVar("E", bound=Event)
 
 _Item = tuple[Event, "Future[Event | None] | None"]
 #: The drain yields to the scheduler once per this many events of a batch.
@@ -43,8 +45,8 @@ _YIELD_EVERY = 256
 class ThreadHandoff:
     """A bounded queue of events from other threads, drained on the loop."""
 
-    def __init__(self, bus: EventBus, size: int) -> None:
-        self._bus = bus
+    def __init__(self, seam: BusSeam, size: int) -> None:
+        self._seam = seam
         self._size = size
         self._queue: deque[_Item] = deque()  # filled by threads, under the lock
         self._pending: deque[_Item] = deque()  # being delivered, on the loop
@@ -69,19 +71,17 @@ class ThreadHandoff:
         if self._accepted_here(event):
             self._enqueue((event, None))
 
-    def publish(self, event: Event) -> Event | None:
+    def publish(self, event: E) -> E | None:
         """Queue *event*, wait until the loop has published it and return what
         :meth:`EventBus.publish` returned (raising what it raised)."""
         if not self._accepted_here(event):
             return None
         future: Future[Event | None] = Future()
         self._enqueue((event, future))
-        return future.result()
+        return cast("E | None", future.result())  # the stamped copy of *event*
 
     def _accepted_here(self, event: Event) -> bool:
-        bus = self._bus
-        bus._check(event)
-        return bus._guarded(event) is not None
+        return self._seam.admit_from_thread(event)
 
     def _enqueue(self, item: _Item) -> None:
         with self._lock:
@@ -125,7 +125,7 @@ class ThreadHandoff:
         if self._done is None:
             return
         self._wake()
-        self._bus._force_room()
+        self._seam.release_waiters()
         await self._done.wait()
         with self._lock:
             self._pending.extend(self._queue)
@@ -169,7 +169,7 @@ class ThreadHandoff:
     async def _deliver(self) -> None:
         """Deliver the pending batch in order. An item leaves ``_pending`` only
         once it is delivered, so a cancelled drain leaves the rest to close()."""
-        bus = self._bus
+        seam = self._seam
         pending = self._pending
         count = 0
         while pending:
@@ -177,11 +177,11 @@ class ThreadHandoff:
             if count % _YIELD_EVERY == 0:
                 await checkpoint()
             event, future = pending[0]
-            if future is None and not bus._index.blocking:
+            if future is None and not seam.may_wait():
                 self._deliver_now(event, None)  # nothing can make it wait
             else:
                 try:
-                    result = await bus._publish_handed_off(
+                    result = await seam.deliver_handed_off(
                         event, strict=future is not None
                     )
                 except Exception as exc:
@@ -193,12 +193,12 @@ class ThreadHandoff:
 
     def _deliver_now(self, event: Event, future: Future[Event | None] | None) -> None:
         try:
-            result = self._bus._offer(event, strict=future is not None, force=True)
+            result = self._seam.deliver_now(event, strict=future is not None)
         except Exception as exc:
             self._failed(event, future, exc)
         else:
             if future is not None:
-                future.set_result(result)  # type: ignore[arg-type]
+                future.set_result(result)
 
     @staticmethod
     def _failed(

@@ -102,7 +102,7 @@ from coredis.exceptions import ConnectionError as RedisConnectionError
 from coredis.exceptions import NoScriptError, RedisError
 from coredis.retry import NoRetryPolicy
 
-from ._bus import EventBus
+from ._bus import EventBus, bus_seam
 from ._codec import DEFAULT_MAX_SIZE, decode, encode
 from ._events import Event, Visibility
 from ._exceptions import BusClosed, DecodeError
@@ -110,6 +110,7 @@ from ._filters import KindsArg, StrArg, make_filter
 from ._overflow import Overflow
 from ._remote import ReplaySource
 from ._subscription import YIELD_INTERVAL, Subscription
+from ._validate import count, seconds
 
 __all__ = ["BridgeStatistics", "RedisBridge", "partition_of"]
 
@@ -200,18 +201,8 @@ def partition_of(run_id: str, partitions: int) -> int:
     return zlib.crc32(run_id.encode("utf-8", "surrogatepass")) % partitions
 
 
-def _number(name: str, value: float, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if not value >= minimum or math.isinf(value):
-        raise ValueError(f"{name} must be finite and >= {minimum}, not {value}")
-    return value
-
-
-def _count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    return int(_number(name, value, minimum))
+_number = seconds  # argument checks: see purpose_bus._validate
+_count = count
 
 
 def _text(value: object) -> str:
@@ -505,7 +496,7 @@ class RedisBridge:
         if self._entered:
             raise RuntimeError("a RedisBridge can be entered only once")
         self._entered = True
-        self._bus._check_open()
+        bus_seam(self._bus).check_open()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -523,8 +514,9 @@ class RedisBridge:
             )
             await self._task_group.start(self._write_loop)
             await self._task_group.start(self._read_loop)
-            self._remove_tap = self._bus._add_tap(self._tap)
-            self._remove_source = self._bus._add_replay_source(
+            seam = bus_seam(self._bus)
+            self._remove_tap = seam.add_tap(self._tap)
+            self._remove_source = seam.add_replay_source(
                 ReplaySource(self._read_run, self._identity)
             )
         except BaseException:
@@ -610,7 +602,8 @@ class RedisBridge:
             self._positions[key] = last.encode() if isinstance(last, str) else last
             self._accounted[key] = added if isinstance(added, int) else None
         self._tallied = anyio.current_time()
-        self._identities_kept = self._bus._history.size  # no more can be asked for
+        # no more can be asked for
+        self._identities_kept = bus_seam(self._bus).history.size
 
     # -- statistics and logs -------------------------------------------------------
 
@@ -939,7 +932,7 @@ class RedisBridge:
         self._remember(identity)
         self._importing = identity
         try:
-            accepted = await self._bus._ingest(event, self)
+            accepted = await bus_seam(self._bus).ingest(event, self)
         except TypeError as exc:
             self._skip("refused", key, identifier, str(exc))
             return

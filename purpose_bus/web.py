@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-import math
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -59,6 +58,7 @@ from ._exceptions import BusClosed
 from ._hosts import HostCheck, allowed_set
 from ._overflow import Overflow
 from ._subscription import Subscription
+from ._validate import count, seconds
 
 if TYPE_CHECKING:
     from hypercorn.config import Config
@@ -147,20 +147,13 @@ def create_app(
     :param allowed_hosts: the host names (or addresses, without a port) the
         application answers to, for a deployment under a real name; ``["*"]``
         answers any (only behind a proxy that checks ``Host`` itself)
+    :raises TypeError: for a value of the wrong type
     :raises ValueError: for a value out of range
     """
-    if not (isinstance(heartbeat, int | float) and heartbeat > 0):
-        raise ValueError(
-            f"heartbeat must be a number of seconds > 0, not {heartbeat!r}"
-        )
-    if not (isinstance(retry, int | float) and 0 <= retry < math.inf):
-        raise ValueError(f"retry must be a number of seconds >= 0, not {retry!r}")
-    if buffer_size is not None and (
-        isinstance(buffer_size, bool)
-        or not isinstance(buffer_size, int)
-        or buffer_size < 1
-    ):
-        raise ValueError(f"buffer_size must be an int >= 1, not {buffer_size!r}")
+    seconds("heartbeat", heartbeat, 0, strict=True)
+    seconds("retry", retry, 0)
+    if buffer_size is not None:
+        count("buffer_size", buffer_size, 1)
     hosts = allowed_set(allowed_hosts)
     streams = _Streams(
         bus=bus,

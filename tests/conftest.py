@@ -1,8 +1,9 @@
-"""Shared fixtures: every async test runs on asyncio and on trio.
+"""Shared fixtures: every async test runs on asyncio, on asyncio with uvloop
+(id ``uvloop``) and on trio.
 
 The ``anyio_backend`` fixture is explicit (and module-scoped, so hypothesis'
-``@given`` tests may use it); trio is a test dependency, so the trio leg can never
-silently vanish: if trio is missing, collection fails.
+``@given`` tests may use it); trio and uvloop are test dependencies, so neither
+leg can silently vanish: if one is missing, collection fails.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 
 import pytest
 import trio  # noqa: F401  (a hard dependency of the test suite: see the docstring)
+import uvloop  # noqa: F401  (likewise)
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -30,8 +32,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
     scope="module",
     params=[
         pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
         pytest.param("trio", id="trio"),
     ],
 )
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    """``"asyncio"``, ``("asyncio", {"use_uvloop": True})`` or ``"trio"``."""
+    return request.param

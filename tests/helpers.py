@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -30,6 +32,29 @@ def texts(events: list[Event]) -> list[str]:
     return [e.text for e in events if isinstance(e, MessageDelta)]
 
 
+async def all_tasks_blocked() -> None:
+    """:func:`anyio.wait_all_tasks_blocked`, without its 0.1 s sleeps on asyncio:
+    there it looks again after one scheduler round (``sleep(0)``) instead, so a
+    test that waits for quiescence often costs microseconds, not 100 ms. On trio
+    it is trio's own (exact) check."""
+    try:
+        this = asyncio.current_task()
+    except RuntimeError:  # not on asyncio
+        await anyio.wait_all_tasks_blocked()
+        return
+    await asyncio.sleep(0)
+    while True:
+        for task in asyncio.all_tasks():
+            if task is this:
+                continue
+            waiter = task._fut_waiter  # type: ignore[attr-defined]  # as anyio does
+            if waiter is None or waiter.done():
+                await asyncio.sleep(0)
+                break
+        else:
+            return
+
+
 async def cancelled_while_waiting(receive: Callable[[], Awaitable[object]]) -> bool:
     """Start *receive* (``sub.receive`` or ``sub.receive_batch``), wait until
     it blocks, cancel it; return whether it was still waiting (it must be)."""
@@ -41,7 +66,7 @@ async def cancelled_while_waiting(receive: Callable[[], Awaitable[object]]) -> b
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:
             tg.start_soon(receiver)
-            await anyio.wait_all_tasks_blocked()
+            await all_tasks_blocked()
             tg.cancel_scope.cancel()
     return not done
 
@@ -54,3 +79,22 @@ def unchecked(event: Event, **fields: object) -> Event:
     for name, value in fields.items():
         object.__setattr__(copy, name, value)
     return copy
+
+
+def calls_made(action: Callable[[], object]) -> int:
+    """How many Python and C function calls *action* makes: a count of the work
+    done that, unlike a timing, is exact (for tests of what an operation's cost
+    may grow with)."""
+    count = 0
+
+    def profile(frame: object, what: str, arg: object) -> None:
+        nonlocal count
+        if what in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        action()
+    finally:
+        sys.setprofile(None)
+    return count

@@ -4,7 +4,7 @@ It says what every subscription must receive, in what order, what it loses
 under its overflow policy and where the ``EventsDropped`` notices go, and what
 the counters read. It is lists, dictionaries and the rules of DESIGN.md, one
 method per rule; of the library's internals it knows one number, the size of a
-replay batch (:data:`READ_AHEAD`, documented in ``Subscription``), which decides
+replay batch (:data:`READ_AHEAD`, documented in ``_replay``), which decides
 when a replaying subscriber switches to live. Tests drive the bus and the model
 with the same operations and require exact agreement.
 
@@ -41,6 +41,7 @@ from strategies import matches_kwargs, single_run
 
 from purpose_bus import (
     DEFAULT_HIDDEN_KEYS,
+    YIELD_INTERVAL,
     BusClosed,
     BusStatistics,
     Event,
@@ -52,7 +53,7 @@ from purpose_bus import (
 )
 
 #: How many matching events a replaying subscriber reads from history at a time
-#: (``purpose_bus._subscription._READ_AHEAD``; a test checks they agree).
+#: (``purpose_bus._replay.READ_AHEAD``; a test checks they agree).
 READ_AHEAD = 64
 
 
@@ -169,6 +170,27 @@ class ModelSubscription:
     matched: int = 0
     delivered: int = 0
     dropped: int = 0
+    #: Events handed out since the last yield to the scheduler (the rule of
+    #: ``Subscription.receive`` / ``receive_batch``'s docstrings).
+    streak: int = 0
+
+    # -- the bounded-yield rule -------------------------------------------------
+
+    def before_receive(self) -> None:
+        """``receive()`` counts itself, yielding (and starting over) once
+        ``YIELD_INTERVAL`` calls went by."""
+        self.streak = self.streak + 1 if self.streak + 1 < YIELD_INTERVAL else 0
+
+    def before_batch(self) -> int:
+        """``receive_batch()`` yields first if ``YIELD_INTERVAL`` events went
+        out since the last yield; returns how many it may hand out now."""
+        if self.streak >= YIELD_INTERVAL:
+            self.streak = 0
+        return YIELD_INTERVAL - self.streak
+
+    def waited(self) -> None:
+        """A receive that found nothing ready yielded (then waited)."""
+        self.streak = 0
 
     @property
     def single_run(self) -> str | None:

@@ -10,7 +10,7 @@ import anyio
 import attrs
 import pytest
 from anyio.lowlevel import checkpoint
-from helpers import delta, drain, texts
+from helpers import all_tasks_blocked, delta, drain, texts
 
 from purpose_bus import (
     YIELD_INTERVAL,
@@ -117,6 +117,19 @@ class TestEventBus:
             assert sub.receive_nowait() == published
             assert bus.replay() == [published]
 
+    async def test_publish_returns_the_type_it_was_given(self) -> None:
+        """Typed: ``publish(MessageDelta(...))`` gives ``MessageDelta | None``
+        (mypy --strict checks these annotations)."""
+        async with EventBus() as bus:
+            published: MessageDelta | None = await bus.publish(delta("a"))
+            assert isinstance(published, MessageDelta)
+            assert published.text == "a"
+            from_thread: MessageDelta | None = await anyio.to_thread.run_sync(
+                bus.publish_from_thread, delta("b")
+            )
+            assert isinstance(from_thread, MessageDelta)
+            assert from_thread.offset == 2
+
     @pytest.mark.parametrize(
         "value", [None, "event", {"run_id": "r1"}, 42, MessageDelta]
     )
@@ -125,7 +138,7 @@ class TestEventBus:
             with pytest.raises(TypeError):
                 bus.emit(value)  # type: ignore[arg-type]
             with pytest.raises(TypeError):
-                await bus.publish(value)  # type: ignore[arg-type]
+                await bus.publish(value)  # type: ignore[type-var]
             assert bus.statistics().emitted == 0
             assert drain(sub) == []
 
@@ -347,7 +360,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publisher)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert results == []
                     assert bus.statistics().emitted == 1
                     assert texts([await sub.receive()]) == ["1"]
@@ -367,7 +380,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bus.publish, RunFinished(run_id="r1"))
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert bus.statistics().emitted == 1
                     await sub.receive()
                 assert (await sub.receive()).kind == "run.finished"
@@ -384,7 +397,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(bus.publish, delta("cancelled"))
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     tg.cancel_scope.cancel()
             assert bus.statistics() == before
             assert bus.replay() == history
@@ -446,7 +459,7 @@ class TestEventBus:
                 with anyio.fail_after(5):
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(bus.publish, delta("2"))
-                        await anyio.wait_all_tasks_blocked()
+                        await all_tasks_blocked()
                         blocked.close()
             assert texts(drain(other)) == ["1", "2"]
             assert blocked.statistics().dropped == 1
@@ -466,9 +479,9 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publisher)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     await first.receive()
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert done == []
                     assert bus.statistics().emitted == 1
                     await second.receive()
@@ -503,7 +516,7 @@ class TestEventBus:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publisher)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     await bus.aclose()
                 assert len(raised) == 1
                 assert isinstance(raised[0], anyio.ClosedResourceError)
@@ -540,7 +553,7 @@ class TestEventBus:
                 async with anyio.create_task_group() as tg:
                     await tg.start(consumer)
                     bus.emit(delta("1"))
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert texts(received) == ["1"]
                     bus.emit(delta("2"))
                     await bus.aclose()
@@ -641,6 +654,7 @@ class TestBusStatistics:
                     delivered=1,
                     dropped=1,
                     overflow=Overflow.DROP_OLDEST,
+                    matched=3,
                 )
                 assert stats.subscriptions[1] == SubscriptionStatistics(
                     name="b",
@@ -649,6 +663,7 @@ class TestBusStatistics:
                     delivered=0,
                     dropped=0,
                     overflow=Overflow.DROP_NEWEST,
+                    matched=3,
                 )
 
     async def test_statistics_are_frozen_snapshots(self) -> None:
@@ -676,4 +691,5 @@ class TestBusStatistics:
                 "delivered",
                 "dropped",
                 "overflow",
+                "matched",
             ]

@@ -1,4 +1,4 @@
-"""The internal hooks bridges use: ``_ingest`` and ``_add_tap``."""
+"""The internal hooks bridges use, through the seam: ``ingest`` and ``add_tap``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import logging
 
 import anyio
 import pytest
+from helpers import all_tasks_blocked
 
 from purpose_bus import EventBus, Log, MessageDelta, Overflow, RunFinished
+from purpose_bus._bus import bus_seam
 from purpose_bus._events import Event, stamped
 
 
@@ -20,7 +22,7 @@ class TestIngest:
     async def test_keeps_run_lane_seq_and_ts_and_stamps_a_local_offset(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
             bus.emit(Log(run_id="other", message="m"))
-            accepted = await bus._ingest(remote(7), source="bridge")
+            accepted = await bus_seam(bus).ingest(remote(7), source="bridge")
             assert accepted is not None
             assert (accepted.run_id, accepted.lane_id, accepted.seq) == ("r", "a", 7)
             assert accepted.ts == 12.5
@@ -30,7 +32,7 @@ class TestIngest:
 
     async def test_local_events_continue_after_the_remote_seq(self) -> None:
         async with EventBus() as bus:
-            await bus._ingest(remote(7), source="bridge")
+            await bus_seam(bus).ingest(remote(7), source="bridge")
             local = await bus.publish(MessageDelta(run_id="r", lane_id="a", text="y"))
             assert local is not None
             assert local.seq == 8
@@ -40,7 +42,7 @@ class TestIngest:
     ) -> None:
         async with EventBus(strict=True) as bus:
             with caplog.at_level(logging.WARNING, "purpose_bus"):
-                result = await bus._ingest(
+                result = await bus_seam(bus).ingest(
                     remote(1, payload={"Chain_Of_Thought": "..."}), source="bridge"
                 )
             assert result is None
@@ -50,8 +52,8 @@ class TestIngest:
     async def test_a_remote_terminal_event_ends_the_run(self) -> None:
         async with EventBus() as bus, bus.subscribe(run_id="r") as sub:
             terminal = stamped(RunFinished(run_id="r"), 3, 3)
-            await bus._ingest(terminal, source="bridge")
-            assert await bus._ingest(remote(4), source="bridge") is None
+            await bus_seam(bus).ingest(terminal, source="bridge")
+            assert await bus_seam(bus).ingest(remote(4), source="bridge") is None
             assert [e.kind async for e in sub] == ["run.finished"]
 
     async def test_waits_for_a_full_block_subscriber(self) -> None:
@@ -60,9 +62,9 @@ class TestIngest:
             bus.subscribe(overflow=Overflow.BLOCK, buffer_size=1) as sub,
             anyio.create_task_group() as tg,
         ):
-            await bus._ingest(remote(1), source="bridge")
-            tg.start_soon(bus._ingest, remote(2), "bridge")
-            await anyio.wait_all_tasks_blocked()
+            await bus_seam(bus).ingest(remote(1), source="bridge")
+            tg.start_soon(bus_seam(bus).ingest, remote(2), "bridge")
+            await all_tasks_blocked()
             assert bus.statistics().emitted == 1
             assert sub.receive_nowait().seq == 1
             with anyio.fail_after(5):
@@ -73,12 +75,12 @@ class TestTaps:
     async def test_a_tap_sees_every_accepted_event_and_its_source(self) -> None:
         seen: list[tuple[int, object]] = []
         async with EventBus() as bus:
-            remove = bus._add_tap(
+            remove = bus_seam(bus).add_tap(
                 lambda event, source: seen.append((event.offset, source))
             )
             bus.emit(Log(run_id="r", message="m", payload={"cot": 1}))  # rejected
             bus.emit(Log(run_id="r", message="m"))
-            await bus._ingest(remote(5), source="bridge")
+            await bus_seam(bus).ingest(remote(5), source="bridge")
             remove()
             bus.emit(Log(run_id="r", message="m"))
         assert seen == [(1, None), (2, "bridge")]
@@ -90,7 +92,7 @@ class TestTaps:
             raise RuntimeError("tap")
 
         async with EventBus() as bus, bus.subscribe() as sub:
-            bus._add_tap(broken)
+            bus_seam(bus).add_tap(broken)
             with caplog.at_level(logging.ERROR, "purpose_bus"):
                 bus.emit(Log(run_id="r", message="m"))
             assert "a tap raised" in caplog.text

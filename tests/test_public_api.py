@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import purpose_bus
+from purpose_bus import EventBus, Subscription
 
 #: Names DESIGN.md promises that the package exports (more are added over time;
 #: the exact list is checked against the module itself below).
@@ -240,3 +241,11 @@ class TestImport:
         for path in package.rglob("*.py"):
             for line in path.read_text().splitlines():
                 assert not forbidden.match(line), f"{path.name}: {line.strip()}"
+
+
+class TestConstructors:
+    def test_a_subscription_comes_from_subscribe_only(self) -> None:
+        with pytest.raises(TypeError, match="no public constructor"):
+            Subscription()  # type: ignore[call-arg]
+        bus = EventBus()
+        assert isinstance(bus.subscribe(), Subscription)

@@ -1563,7 +1563,7 @@ def test_keys_put_a_run_and_its_feed_in_one_hash_slot() -> None:
 
 class TestReadmeExample:
     async def test_the_readme_example_runs_and_ends(
-        self, redis_url: str, prefix: str, anyio_backend: str
+        self, redis_url: str, prefix: str, anyio_backend: object
     ) -> None:
         """The README's Redis example, as written (on the tests' Redis, with
         the test's prefix, on this backend): it prints what it says and ends."""
@@ -1575,7 +1575,10 @@ class TestReadmeExample:
         ]
         code = code.replace('"redis://localhost:6379/0"', repr(redis_url))
         code = code.replace('prefix="myapp"', f"prefix={prefix!r}")
-        run = f"anyio.run(main, backend={anyio_backend!r})"
+        name, options = (
+            anyio_backend if isinstance(anyio_backend, tuple) else (anyio_backend, {})
+        )
+        run = f"anyio.run(main, backend={name!r}, backend_options={options!r})"
         code = code.replace("anyio.run(main)", run)
         with anyio.fail_after(60):
             result = await anyio.run_process([sys.executable, "-c", code], check=False)

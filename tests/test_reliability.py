@@ -11,7 +11,7 @@ wake-up (``publish`` on two full ``BLOCK`` subscribers) are enumerated. Whatever
 point was hit, the bus must keep its invariants (stamps gapless, history
 consistent, accounting exact, nothing lost or duplicated) and stay usable.
 
-Nothing sleeps to synchronise: tasks meet through ``wait_all_tasks_blocked()``,
+Nothing sleeps to synchronise: tasks meet through ``all_tasks_blocked()``,
 ``task_status.started()`` and thread events waited for in worker threads, and
 every wait is bounded by ``fail_after()``.
 """
@@ -32,10 +32,9 @@ from typing import Any
 import anyio
 import attrs
 import pytest
-from anyio import wait_all_tasks_blocked
 from anyio.abc import TaskStatus
 from anyio.lowlevel import checkpoint
-from helpers import drain
+from helpers import all_tasks_blocked, drain
 
 from purpose_bus import (
     BusClosed,
@@ -173,7 +172,7 @@ class TestCancellationSweep:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(consumer)
                     cancelled = await cancelled_after(steps, producer)
-                    await wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     tg.cancel_scope.cancel()
                 assert history(bus) == published
                 received.extend(drain(sub))
@@ -222,13 +221,13 @@ class TestCancellationSweep:
             with anyio.fail_after(DEADLINE):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(publish)
-                    await wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     if point == "waiting on the first":
                         scope.cancel()
                     first.receive_nowait()
                     if point == "woken by the first":
                         scope.cancel()
-                    await wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert result == []  # still waiting (for the second), or gone
                     if point == "waiting on the second":
                         scope.cancel()
@@ -405,7 +404,7 @@ class TestCancellationSweep:
                             thread.start()
                             await anyio.to_thread.run_sync(handed_off.wait)
                             tg.start_soon(publisher)
-                            await wait_all_tasks_blocked()
+                            await all_tasks_blocked()
                             cancelled = await cancelled_after(steps, bus.aclose)
                         await anyio.to_thread.run_sync(thread.join)
                     assert bus.closed
@@ -626,9 +625,9 @@ class TestFaults:
                         tg.start_soon(loop_publisher, bus, source)
                     await tg.start(late_joiner, bus, "early")
                     while len(audited) < 300:
-                        await wait_all_tasks_blocked()
+                        await all_tasks_blocked()
                     await tg.start(late_joiner, bus, "late")
-                    await wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     await bus.aclose()
                     audited.extend([e async for e in audit])
         emitted = bus.statistics().emitted

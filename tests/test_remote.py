@@ -11,7 +11,7 @@ import anyio
 import pytest
 from anyio.lowlevel import checkpoint
 from attrs import evolve
-from helpers import delta, drain, texts
+from helpers import all_tasks_blocked, delta, drain, texts
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,6 +25,7 @@ from purpose_bus import (
     Subscription,
     Visibility,
 )
+from purpose_bus._bus import bus_seam
 from purpose_bus._remote import MergedReplay, ReplaySource
 
 PRIVATE = Visibility.PRIVATE
@@ -57,14 +58,14 @@ class Source:
 
     async def ingest(self, bus: EventBus, event: Event) -> Event | None:
         """Import *event* (as stamped elsewhere) into *bus*, as a bridge does."""
-        accepted = await bus._ingest(event, self)
+        accepted = await bus_seam(bus).ingest(event, self)
         if accepted is not None:
             self.imported[accepted.offset] = ("elsewhere", event.offset)
         return accepted
 
 
 def add_source(bus: EventBus, source: Source) -> Callable[[], None]:
-    return bus._add_replay_source(ReplaySource(source.read, source.identity))
+    return bus_seam(bus).add_replay_source(ReplaySource(source.read, source.identity))
 
 
 async def elsewhere(*events: Event) -> list[Event]:
@@ -239,7 +240,7 @@ class TestCancellationAndFailure:
             with anyio.CancelScope() as scope:
 
                 async def cancel_when_reading() -> None:
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert source.asked
                     scope.cancel()
 

@@ -32,6 +32,8 @@ from purpose_bus import (
     Subscription,
     Visibility,
 )
+from purpose_bus._events import stamped
+from purpose_bus._sender import Gap, OverflowSender
 
 DROP_POLICIES = [Overflow.DROP_OLDEST, Overflow.DROP_NEWEST]
 
@@ -64,11 +66,9 @@ class TestStream:
     ) -> None:
         async with EventBus() as bus, bus.subscribe(run_id="r1") as sub:
             bus.emit(delta("elsewhere", run_id="r2"))
-            assert sub.sender._send is None
             with pytest.raises(anyio.WouldBlock):
                 sub.receive_nowait()
             bus.emit(delta("1"))
-            assert sub.sender._send is not None
             assert [e.text for e in drain(sub) if isinstance(e, MessageDelta)] == ["1"]
 
     async def test_without_a_stream_close_and_the_end_raise_as_with_one(
@@ -84,7 +84,6 @@ class TestStream:
                 with pytest.raises(anyio.ClosedResourceError):
                     await closed.receive()
                 await bus.aclose()
-                assert ended.sender._send is None
                 with pytest.raises(anyio.EndOfStream):
                     await ended.receive()
 
@@ -275,6 +274,7 @@ class TestOverflow:
         notice = received[0]
         assert isinstance(notice, EventsDropped)
         assert (notice.run_id, notice.lane_id) == ("r2", "lane-x")
+        assert notice.exact  # every event it counts matched
         assert counters(sub)[0] == 2  # notices are not counted as delivered
 
     async def test_drop_newest_notice_comes_before_the_next_event(self) -> None:
@@ -507,3 +507,101 @@ async def emit_one(bus: EventBus, model: ModelBus, operation: Emit) -> None:
             await bus.publish(event)
     else:
         assert await bus.publish(event) == expected
+
+
+class TestAccounting:
+    """The buffer owns a subscription's counters: every named operation keeps
+    ``matched == delivered + dropped + buffered``, and ``matched`` only grows."""
+
+    @staticmethod
+    def check(sender: OverflowSender, matched_before: int) -> None:
+        stats = sender.statistics("s")
+        assert stats.matched == stats.delivered + stats.dropped + stats.buffered
+        assert stats.matched >= matched_before
+        assert min(stats.delivered, stats.dropped, stats.buffered) >= 0
+
+    @given(
+        policy=st.sampled_from(list(Overflow)),
+        gap_events=st.booleans(),
+        bound=st.integers(1, 4),
+        operations=st.lists(
+            st.sampled_from(
+                [
+                    "offer",
+                    "terminal",
+                    "take",
+                    "batch",
+                    "lose",
+                    "read",
+                    "hand out read",
+                    "lose unread",
+                    "withdraw",
+                    "end",
+                    "discard",
+                ]
+            ),
+            max_size=40,
+        ),
+    )
+    async def test_every_operation_keeps_the_invariant(
+        self, policy: Overflow, gap_events: bool, bound: int, operations: list[str]
+    ) -> None:
+        sender = OverflowSender(bound, policy, gap_events)
+        offsets = iter(range(1, 1000))
+        held = taken = 0
+        ended = False
+        for operation in operations:
+            before = sender.statistics("s").matched
+            offset = next(offsets)
+            if ended and operation in ("offer", "terminal", "lose"):
+                continue  # the bus offers nothing to an ended buffer
+            if operation == "offer":
+                sender.offer(stamped(delta(str(offset)), offset, offset))
+            elif operation == "terminal":
+                run = f"run-{offset}"
+                sender.offer_terminal(stamped(RunFinished(run_id=run), 1, offset))
+            elif operation in ("take", "batch"):
+                try:
+                    got = sender.take() if operation == "take" else sender.take_batch(3)
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    continue
+                items = got if isinstance(got, list) else [got]
+                taken += sum(1 for e in items if not isinstance(e, EventsDropped))
+            elif operation == "lose":
+                sender.lose(Gap(2, offset, offset + 1, "r1", "main"))
+            elif operation == "read":
+                sender.read_from_history(2)
+                held += 2
+            elif operation == "hand out read" and held:
+                sender.hand_out_read()
+                held -= 1
+            elif operation == "lose unread":
+                sender.lose_unread(3)
+            elif operation == "withdraw" and taken:
+                sender.withdraw(1)
+                taken -= 1
+            elif operation == "end":
+                sender.end()
+                ended = True
+            elif operation == "discard":
+                sender.discard()
+                held = 0
+                ended = True
+            self.check(sender, before)
+        sender.discard()  # closes the streams (they warn otherwise)
+        self.check(sender, 0)
+
+    async def test_what_discard_drops(self) -> None:
+        sender = OverflowSender(2, Overflow.DROP_OLDEST, False)
+        for offset in (1, 2, 3):
+            sender.offer(stamped(delta(str(offset)), offset, offset))
+        sender.read_from_history(4)
+        sender.hand_out_read()
+        sender.discard()
+        stats = sender.statistics("s")
+        assert (stats.matched, stats.delivered, stats.dropped, stats.buffered) == (
+            7,
+            1,
+            6,
+            0,
+        )

@@ -28,9 +28,8 @@ from functools import partial
 from typing import Any, TypeVar
 
 import anyio
-from anyio import wait_all_tasks_blocked
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from helpers import cancelled_while_waiting
+from helpers import all_tasks_blocked, cancelled_while_waiting
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -73,7 +72,7 @@ from purpose_bus import (
     Subscription,
     Visibility,
 )
-from purpose_bus import _subscription as subscription_module
+from purpose_bus import _replay as replay_module
 
 T = TypeVar("T")
 
@@ -118,7 +117,7 @@ async def publish_cancelled_while_waiting(bus: EventBus, event: Event) -> bool:
     with anyio.fail_after(TIMEOUT):
         async with anyio.create_task_group() as tg:
             tg.start_soon(publisher)
-            await wait_all_tasks_blocked()
+            await all_tasks_blocked()
             assert bus.statistics() == before  # nothing recorded while it waits
             tg.cancel_scope.cancel()
     return not done
@@ -148,11 +147,12 @@ class BusMachine(RuleBasedStateMachine):
     an event loop of :attr:`backend` (each subclass below picks one)."""
 
     backend = "asyncio"
+    backend_options: dict[str, object] = {}  # noqa: RUF012
 
     def __init__(self) -> None:
         super().__init__()
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal(
-            self.backend
+            self.backend, self.backend_options
         )
         self.portal = self._portal_cm.__enter__()
         self.bus: EventBus | None = None
@@ -441,7 +441,9 @@ class BusMachine(RuleBasedStateMachine):
         sub, model = picked
         expected: list[Expected] = [model.take(self.model)]
         first = expected[0]
+        may_hand_out = model.before_batch()
         if first is anyio.WouldBlock:
+            model.waited()
             assert self.call(cancelled_while_waiting, sub.receive_batch)
             return
         if isinstance(first, type):  # EndOfStream, ClosedResourceError
@@ -449,8 +451,7 @@ class BusMachine(RuleBasedStateMachine):
             return
         # The bounded-yield rule may cut a batch short: at most YIELD_INTERVAL
         # events between two yields to the scheduler.
-        streak = sub._streak if sub._streak < YIELD_INTERVAL else 0
-        limit = min(max_items, YIELD_INTERVAL - streak)
+        limit = min(max_items, may_hand_out)
         while len(expected) < limit:
             following = model.take(self.model)
             if isinstance(following, type):
@@ -459,6 +460,7 @@ class BusMachine(RuleBasedStateMachine):
         got = self.call(outcome, lambda: sub.receive_batch(max_items))
         assert isinstance(got, list), got
         assert len(got) == len(expected), (expected, got)
+        model.streak += len(got)
         for want, event in zip(expected, got, strict=True):
             check_received(want, event)
             self._check_visible(model, event)
@@ -493,7 +495,10 @@ class BusMachine(RuleBasedStateMachine):
     ) -> None:
         for _ in range(count):
             expected: Expected = model.take(self.model)
+            if wait:
+                model.before_receive()
             if wait and expected is anyio.WouldBlock:
+                model.waited()
                 assert self.call(cancelled_while_waiting, sub.receive)
                 return
             if wait:
@@ -626,19 +631,25 @@ class BusMachine(RuleBasedStateMachine):
 
 
 def test_read_ahead_agrees_with_the_model() -> None:
-    assert subscription_module._READ_AHEAD == READ_AHEAD
+    assert replay_module.READ_AHEAD == READ_AHEAD
 
 
 class AsyncioBusMachine(BusMachine):
     backend = "asyncio"
 
 
+class UvloopBusMachine(BusMachine):
+    backend = "asyncio"
+    backend_options = {"use_uvloop": True}  # noqa: RUF012
+
+
 class TrioBusMachine(BusMachine):
     backend = "trio"
 
 
-MACHINES: dict[str, type[BusMachine]] = {
+MACHINES: dict[object, type[BusMachine]] = {
     "asyncio": AsyncioBusMachine,
+    ("asyncio", (("use_uvloop", True),)): UvloopBusMachine,
     "trio": TrioBusMachine,
 }
 
@@ -649,7 +660,10 @@ MACHINES: dict[str, type[BusMachine]] = {
 MACHINE_SETTINGS = settings(max_examples=150)
 
 
-def test_bus_against_the_model(anyio_backend: str) -> None:
+def test_bus_against_the_model(anyio_backend: object) -> None:
     """Runs the state machine on *anyio_backend* (a sync test: each machine
     runs its own event loop of that backend in a portal thread)."""
+    if isinstance(anyio_backend, tuple):
+        name, options = anyio_backend
+        anyio_backend = (name, tuple(sorted(options.items())))
     run_state_machine_as_test(MACHINES[anyio_backend], settings=MACHINE_SETTINGS)

@@ -14,7 +14,7 @@ import anyio.abc
 import attrs
 import pytest
 from anyio.lowlevel import checkpoint
-from helpers import cancelled_while_waiting, delta, drain, texts
+from helpers import all_tasks_blocked, cancelled_while_waiting, delta, drain, texts
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import bus_events, subscribe_kwargs
@@ -74,7 +74,7 @@ async def received_when_woken(
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             await tg.start(consumer)
-            await anyio.wait_all_tasks_blocked()
+            await all_tasks_blocked()
             before = list(received)
             emit()
     return before, received
@@ -123,7 +123,7 @@ class TestSubscription:
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(producer)
-                await anyio.wait_all_tasks_blocked()
+                await all_tasks_blocked()
             with anyio.fail_after(5):
                 async for event in sub:
                     received.append(event)
@@ -279,12 +279,12 @@ class TestSubscription:
             with anyio.fail_after(10):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(consume)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     for burst in range(200):
                         for index in range(100):
                             bus.emit(delta(f"{burst}.{index}"))
                         await checkpoint()
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     tg.cancel_scope.cancel()
             stats = sub.statistics()
         assert stats.dropped == 0
@@ -330,7 +330,7 @@ class TestSubscription:
             )
             assert before == []
             assert len(received) == 1
-            assert waits == [sub.sender]
+            assert len(waits) == 1
 
     @pytest.mark.parametrize("method", ["receive", "receive_batch"])
     async def test_cancelled_in_that_yield_it_loses_nothing(
@@ -384,10 +384,10 @@ class TestSubscription:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(consumer)
                     bus.emit(RunStarted(run_id="r1"))
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert received == ["run.started"]
                     bus.emit(RunFinished(run_id="r2"))  # another run's end
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert received == ["run.started"]
                     bus.emit(RunFinished(run_id="r1"))
         assert received == ["run.started", "run.finished"]
@@ -501,7 +501,7 @@ class TestSubscription:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     await tg.start(consumer)
-                    await anyio.wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     assert len(bus.statistics().subscriptions) == 1
                     tg.cancel_scope.cancel()
             assert bus.statistics().subscriptions == ()
@@ -614,6 +614,7 @@ class TestSubscriptionStatistics:
                 delivered=0,
                 dropped=0,
                 overflow=Overflow.DROP_OLDEST,
+                matched=0,
             )
             for index in range(4):
                 bus.emit(delta(str(index)))
@@ -925,7 +926,7 @@ class TestReceiveBatchProperty:
                 one, other = batched.statistics(), single.statistics()
                 counters = (one.delivered, one.dropped, one.buffered)
                 assert counters == (other.delivered, other.dropped, other.buffered)
-                assert batched.sender.matched == sum(counters)
+                assert one.matched == sum(counters)
             await bus.aclose()
             rest = [e async for batch in batched.batches() for e in batch]
             assert [_same(e) for e in rest] == [_same(e) for e in drain(single)]

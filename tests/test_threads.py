@@ -11,7 +11,6 @@ for it in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import threading
 from collections import defaultdict
@@ -23,8 +22,8 @@ import anyio
 import attrs
 import pytest
 import trio
-from anyio import wait_all_tasks_blocked
 from anyio.lowlevel import checkpoint
+from helpers import all_tasks_blocked
 
 from purpose_bus import (
     BusClosed,
@@ -39,26 +38,6 @@ from purpose_bus import (
 )
 
 T = TypeVar("T")
-
-_HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
-
-
-@pytest.fixture(
-    scope="module",
-    params=[
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(
-            ("asyncio", {"use_uvloop": True}),
-            id="asyncio+uvloop",
-            marks=pytest.mark.skipif(not _HAS_UVLOOP, reason="uvloop not installed"),
-        ),
-        pytest.param("trio", id="trio"),
-    ],
-)
-def anyio_backend(request: pytest.FixtureRequest) -> object:
-    """The conftest's asyncio and trio legs, plus asyncio on uvloop: the hand-off
-    wakes the loop through a socket, which each loop watches its own way."""
-    return request.param
 
 
 @attrs.frozen(kw_only=True)
@@ -483,7 +462,7 @@ class TestPublishFromThread:
 
                 worker = in_thread(publish)
                 await wait_in_thread(calling)
-                await wait_all_tasks_blocked()
+                await all_tasks_blocked()
                 assert worker.is_alive()  # no room yet: it cannot have returned
                 assert sub.statistics().buffered == 1
                 first = await sub.receive()  # makes room
@@ -541,7 +520,7 @@ class TestClosingWithThreads:
             ):
                 worker = in_thread(partial(emit_until_closed, bus, 0, limit, tally))
                 await wait_in_thread(tally.reached)
-                await wait_all_tasks_blocked()
+                await all_tasks_blocked()
                 assert worker.is_alive()  # it cannot get far: nobody reads
                 await bus.aclose()
                 await worker.join_async()
@@ -572,7 +551,7 @@ class TestClosingWithThreads:
 
                 worker = in_thread(publish)
                 await wait_in_thread(calling)
-                await wait_all_tasks_blocked()
+                await all_tasks_blocked()
                 await bus.aclose()
                 # Handed off before the close: accepted and delivered, beyond the
                 # bound -- unless the close came first, then it was refused.
@@ -610,7 +589,7 @@ class TestClosingWithThreads:
                     bus.emit(Log(run_id="r", message="fills the BLOCK subscriber"))
                     worker = in_thread(partial(emit_then_publish, bus))
                     await wait_in_thread(calling)
-                    await wait_all_tasks_blocked()
+                    await all_tasks_blocked()
                     outer.cancel()
                     await checkpoint()
                     pytest.fail("not cancelled")

@@ -660,12 +660,28 @@ class TestPages:
             {"retry": -1},
             {"retry": math.inf},
             {"buffer_size": 0},
-            {"buffer_size": True},
         ],
     )
     def test_bad_arguments(self, kwargs: dict[str, Any]) -> None:
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             create_app(EventBus(), **kwargs)
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"heartbeat": "1"},
+            {"retry": None},
+            {"buffer_size": True},
+            {"buffer_size": "8"},
+        ],
+    )
+    def test_arguments_of_the_wrong_type(self, kwargs: dict[str, Any]) -> None:
+        """As for EventBus and subscribe: TypeError for the wrong type."""
+        with pytest.raises(TypeError, match=next(iter(kwargs))):
+            create_app(EventBus(), **kwargs)
+        if "buffer_size" in kwargs:
+            with pytest.raises(TypeError, match="buffer_size"):
+                EventBus(**kwargs)
 
     def test_purpose_bus_does_not_import_the_web_module(self) -> None:
         code = (
@@ -880,9 +896,9 @@ class TestDemoServe:
             assert isinstance(cancelled, RunCancelled)
             assert cancelled.reason == "the demo was stopped"
 
-    async def test_the_command_line(self, anyio_backend: str) -> None:
+    async def test_the_command_line(self, anyio_backend_name: str) -> None:
         command = [sys.executable, "-m", "purpose_bus", "demo", "--serve"]
-        command += ["--port", "0", "--backend", anyio_backend]
+        command += ["--port", "0", "--backend", anyio_backend_name]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         async with await anyio.open_process(command, env=env) as process:
             assert process.stdout is not None
@@ -891,7 +907,7 @@ class TestDemoServe:
                 while b"\n" not in line:
                     line += await process.stdout.receive()
                 text = line.decode()
-                assert f"purpose_bus demo on {anyio_backend}" in text
+                assert f"purpose_bus demo on {anyio_backend_name}" in text
                 match = re.search(r"http://127\.0\.0\.1:(\d+)/", text)
                 assert match is not None
                 async with httpx.AsyncClient(trust_env=False) as client:
