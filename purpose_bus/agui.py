@@ -87,7 +87,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ._bus import EventBus
 from ._events import (
@@ -110,6 +110,7 @@ from ._events import (
 from ._exceptions import BusClosed
 from ._hosts import HostCheck, allowed_set
 from ._overflow import Overflow
+from ._sse import SubscriptionStream, offset_problem, parse_offset, short
 from ._subscription import Subscription
 
 __all__ = [
@@ -134,12 +135,7 @@ MAIN_LANE: Final = "main"
 THREAD_ID_KEY: Final = "thread_id"
 _TERMINAL_KINDS = (RunFinished.kind, RunError.kind, RunCancelled.kind)
 _ENVELOPE = frozenset(a.name for a in attrs.fields(Event))
-_MAX_DIGITS = 19
-_MAX_ID = 2**63 - 1
 _MAX_NAME = 512
-_HEARTBEAT = b": heartbeat\n\n"
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_BATCH = 64
 
 
 def run_started(input: RunAgentInput) -> RunStarted:
@@ -807,7 +803,7 @@ class _Endpoints:
         ):
             raise _BadRequest(
                 409,
-                f"run {_short(run_id)} already exists; "
+                f"run {short(run_id)} already exists; "
                 f"GET .../runs/{{run_id}} to watch it",
             )
 
@@ -826,7 +822,7 @@ class _Endpoints:
         """The translator's state after the cursor, and the join prelude."""
         history = self.bus.replay(run_id=run_id, visibility=Visibility.PUBLIC)
         if not history:
-            raise _BadRequest(404, f"unknown run {_short(run_id)} (or not in history)")
+            raise _BadRequest(404, f"unknown run {short(run_id)} (or not in history)")
         translator = Translator(run_id)
         cut = bisect_right(history, after, key=_offset_of)
         translator.advance(history[:cut])
@@ -836,7 +832,7 @@ class _Endpoints:
         if not (known or history[cut - 1].offset == after):
             raise _BadRequest(
                 400,
-                f"cursor {after} is not an event of run {_short(run_id)} on this "
+                f"cursor {after} is not an event of run {short(run_id)} on this "
                 f"server (a cursor from another replica?); join without one",
             )
         return translator, translator.reopen()
@@ -911,7 +907,7 @@ def _cursor(request: Request) -> int:
     (the run's start) without either."""
     for name in request.query_params:
         if name != "after":
-            raise _BadRequest(400, f"unknown query parameter {_short(name)}; use after")
+            raise _BadRequest(400, f"unknown query parameter {short(name)}; use after")
     header = request.headers.get("last-event-id", "")
     if header:
         return _offset(header, "Last-Event-ID")
@@ -922,31 +918,22 @@ def _cursor(request: Request) -> int:
 
 
 def _offset(text: str, name: str) -> int:
-    if text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS:
-        value = int(text)
-        if value <= _MAX_ID:
-            return value
-    raise _BadRequest(
-        400, f"{name} must be an event offset (an integer >= 0), not {_short(text)}"
-    )
-
-
-def _short(text: str, limit: int = 40) -> str:
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+    value = parse_offset(text)
+    if value is None:
+        raise _BadRequest(400, offset_problem(text, name))
+    return value
 
 
 # -- the stream ------------------------------------------------------------------
 
 
-class _AguiStream(Response):
-    """The response of both routes: a subscription, translated and streamed.
+class _AguiStream(SubscriptionStream):
+    """The response of both routes: a subscription, translated and streamed
+    (see :class:`~purpose_bus._sse.SubscriptionStream`).
 
     Its subscription is entered before anything else happens (for ``POST``,
     before the run is started), so the stream misses no event of the run.
     """
-
-    media_type = "text/event-stream"
 
     def __init__(
         self,
@@ -958,85 +945,26 @@ class _AguiStream(Response):
         after: int | None = None,
         on_subscribed: Callable[[], None] | None = None,
     ) -> None:
-        self.status_code = 200
-        self.background = None
-        self.init_headers(_STREAM_HEADERS)
-        self._subscription = subscription
+        super().__init__(subscription, heartbeat)
         self._translator = translator
-        self._heartbeat = heartbeat
         self._prelude = prelude or []
         self._after = after
         self._on_subscribed = on_subscribed
         self._framer = _Framer()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        subscription = self._subscription
-        try:
-            await subscription.__aenter__()
-        except BusClosed:
-            response = PlainTextResponse("the bus is closed\n", status_code=503)
-            await response(scope, receive, send)
-            return
-        try:
-            if self._on_subscribed is not None:
-                self._on_subscribed()
-            await self._respond(scope, receive, send)
-        except OSError:  # the client is gone (ASGI 2.4 servers raise on send)
-            pass
-        finally:
-            subscription.close()
-
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._on_subscribed is not None:
+            self._on_subscribed()
         if self._translator.finished:  # resumed after the end: nothing to send
             await Response(status_code=204)(scope, receive, send)
             return
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-        )
-        if scope["method"] == "HEAD":  # the headers only: no stream to hold open
-            await send({"type": "http.response.body", "body": b""})
-            return
         prelude = self._framer.frames(self._prelude, None)
-        await _send_body(send, b": purpose_bus agui\n\n" + prelude)
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(
-                _cancel_on_disconnect, receive, task_group.cancel_scope
-            )
-            await self._pump(send)
-            await send({"type": "http.response.body", "body": b""})
-            task_group.cancel_scope.cancel()
+        if await self._start(scope, send, b": purpose_bus agui\n\n" + prelude):
+            await self._stream(receive, send)
 
-    async def _pump(self, send: Send) -> None:
-        subscription = self._subscription
-        while not self._translator.finished:
-            event: Event | None = None
-            with anyio.move_on_after(self._heartbeat):
-                try:
-                    event = await subscription.receive()
-                except anyio.EndOfStream:
-                    return
-            if event is None:
-                await _send_body(send, _HEARTBEAT)
-                continue
-            chunks = [self._frame(event)]
-            while len(chunks) < _BATCH and not self._translator.finished:
-                try:
-                    chunks.append(self._frame(subscription.receive_nowait()))
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            await _send_body(send, b"".join(chunks))
+    def _done(self) -> bool:
+        return self._translator.finished
 
     def _frame(self, event: Event) -> bytes:
         offset = None if isinstance(event, EventsDropped) else event.offset
         return self._framer.frames(self._translator.translate(event), offset)
-
-
-async def _send_body(send: Send, body: bytes) -> None:
-    await send({"type": "http.response.body", "body": body, "more_body": True})
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    message: Message = {}
-    while message.get("type") != "http.disconnect":
-        message = await receive()
-    scope.cancel()

@@ -49,14 +49,14 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ._bus import EventBus
 from ._codec import encode
 from ._events import Event, EventsDropped, Visibility, registered_kinds
-from ._exceptions import BusClosed
 from ._hosts import HostCheck, allowed_set
 from ._overflow import Overflow
+from ._sse import SubscriptionStream, offset_problem, parse_offset, short
 from ._subscription import Subscription
 from ._validate import count, seconds
 
@@ -74,12 +74,6 @@ Authorize = Callable[[Request], Visibility | Awaitable[Visibility]]
 
 #: The query parameters of ``GET /events``.
 _PARAMETERS = ("run_id", "lane_id", "kinds", "after")
-#: At most this many buffered events go into one chunk of the response.
-_BATCH = 64
-#: Offsets are at most 19 digits (2**63); longer input is refused unparsed.
-_MAX_DIGITS = 19
-_HEARTBEAT = b": heartbeat\n\n"
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: The page runs its own inline script and style, and talks only to its origin.
 _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -245,7 +239,7 @@ def _parse_query(request: Request) -> _Query:
     for name in params:
         if name not in _PARAMETERS:
             raise _BadQuery(
-                f"unknown query parameter {_short(name)}; use {', '.join(_PARAMETERS)}"
+                f"unknown query parameter {short(name)}; use {', '.join(_PARAMETERS)}"
             )
     return _Query(
         run_ids=_strings(params.getlist("run_id"), "run_id"),
@@ -269,7 +263,7 @@ def _kinds(values: list[str]) -> frozenset[str] | None:
     for kind in sorted(kinds or ()):
         if kind not in known:
             raise _BadQuery(
-                f"kinds: unknown kind {_short(kind)}; known kinds: "
+                f"kinds: unknown kind {short(kind)}; known kinds: "
                 + ", ".join(sorted(known))
             )
     return kinds
@@ -288,16 +282,10 @@ def _cursor(request: Request) -> int | None:
 
 
 def _offset(text: str, name: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= _MAX_DIGITS):
-        raise _BadQuery(
-            f"{name} must be an event offset (an integer >= 0), not {_short(text)}"
-        )
-    return int(text)
-
-
-def _short(text: str, limit: int = 40) -> str:
-    shown = repr(text)
-    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+    value = parse_offset(text)
+    if value is None:
+        raise _BadQuery(offset_problem(text, name))
+    return value
 
 
 @attrs.frozen
@@ -342,40 +330,15 @@ class _Streams:
         return level
 
 
-class _EventStream(Response):
-    """The response of ``GET /events``: a subscription, streamed.
-
-    Its subscription is entered before the response starts, so every matching
-    event accepted after the client has the response's headers reaches it (or
-    is announced as lost).
-    """
-
-    media_type = "text/event-stream"
+class _EventStream(SubscriptionStream):
+    """The response of ``GET /events``: a subscription, streamed (see
+    :class:`~purpose_bus._sse.SubscriptionStream`): one message per event."""
 
     def __init__(
         self, subscription: Subscription[Event], heartbeat: float, retry: int
     ) -> None:
-        self.status_code = 200
-        self.background = None
-        self.init_headers(_STREAM_HEADERS)
-        self._subscription = subscription
-        self._heartbeat = heartbeat
+        super().__init__(subscription, heartbeat)
         self._retry = retry
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        subscription = self._subscription
-        try:
-            await subscription.__aenter__()
-        except BusClosed:
-            response = PlainTextResponse("the bus is closed\n", status_code=503)
-            await response(scope, receive, send)
-            return
-        try:
-            await self._respond(scope, receive, send)
-        except OSError:  # the client is gone (ASGI 2.4 servers raise on send)
-            pass
-        finally:
-            subscription.close()
 
     async def _respond(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -385,53 +348,13 @@ class _EventStream(Response):
         except anyio.EndOfStream:  # nothing to send, ever: don't reconnect
             await Response(status_code=204)(scope, receive, send)
             return
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-        )
-        if scope["method"] == "HEAD":
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await _send_body(send, b"retry: %d\n\n%s" % (self._retry, b"".join(first)))
-        async with anyio.create_task_group() as task_group:
-            task_group.start_soon(
-                _cancel_on_disconnect, receive, task_group.cancel_scope
-            )
-            await self._pump(send)
-            await send({"type": "http.response.body", "body": b""})
-            task_group.cancel_scope.cancel()
+        if await self._start(
+            scope, send, b"retry: %d\n\n%s" % (self._retry, b"".join(first))
+        ):
+            await self._stream(receive, send)
 
-    async def _pump(self, send: Send) -> None:
-        """Send events (a batch of what is buffered at a time) and heartbeats
-        until the subscription ends."""
-        subscription = self._subscription
-        while True:
-            event: Event | None = None
-            with anyio.move_on_after(self._heartbeat):
-                try:
-                    event = await subscription.receive()
-                except anyio.EndOfStream:
-                    return
-            if event is None:  # a cancelled receive leaves no event behind
-                await _send_body(send, _HEARTBEAT)
-                continue
-            frames = [_frame(event)]
-            while len(frames) < _BATCH:
-                try:
-                    frames.append(_frame(subscription.receive_nowait()))
-                except (anyio.WouldBlock, anyio.EndOfStream):
-                    break
-            await _send_body(send, b"".join(frames))
-
-
-async def _send_body(send: Send, body: bytes) -> None:
-    await send({"type": "http.response.body", "body": body, "more_body": True})
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    message: Message = {}
-    while message.get("type") != "http.disconnect":
-        message = await receive()
-    scope.cancel()
+    def _frame(self, event: Event) -> bytes:
+        return _frame(event)
 
 
 # -- serving ------------------------------------------------------------------
