@@ -92,7 +92,19 @@ def _make_admitter(cls: type[Event]) -> Callable[[Event], None]:
     }
     fields = _codec.field_converters(cls)
     check_field_names(cls, [field.name for field in fields])
+    # The common case, every field as it should be, is one expression; any
+    # other goes field by field, each checked again and fixed if need be.
+    checks = [
+        "("
+        + _pass_check(field, index, namespace).replace(
+            "v", f"(v := event.{field.name})", 1
+        )
+        + ")"
+        for index, field in enumerate(fields)
+    ]
     lines = ["def admit(event):"]
+    if checks:
+        lines += ["    if " + " and ".join(checks) + ":", "        return"]
     for index, field in enumerate(fields):
         namespace[f"fix{index}"] = _fixer(cls, field)
         namespace[f"set{index}"] = slot_setter(cls, field.name)
@@ -104,7 +116,10 @@ def _make_admitter(cls: type[Event]) -> Callable[[Event], None]:
     if len(lines) == 1:
         lines.append("    pass")
     exec("\n".join(lines), namespace)
-    return namespace["admit"]  # type: ignore[no-any-return]
+    admit: Callable[[Event], None] = namespace["admit"]
+    admit._purpose_bus_admits = True  # type: ignore[attr-defined]
+    admit.__doc__ = f"Admission of a {cls.__qualname__}: see purpose_bus._admission."
+    return admit
 
 
 def admitter(cls: type[Event]) -> Callable[[Event], None]:

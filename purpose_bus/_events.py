@@ -199,26 +199,32 @@ def _admits(method: object) -> bool:
 
 
 def _chain_post_init(cls: type[Event]) -> None:
-    """Make sure constructing *cls* runs admission. A class that defines its
-    own ``__attrs_post_init__`` (or inherits one from a mixin that comes
-    before :class:`Event` in its MRO, or sets it to ``None``) gets a wrapper
-    that admits the event, runs that method, and admits again (the method
-    may have set derived fields). (attrs rebuilds a slotted class, so this
-    runs twice: the second time the wrapper is made anew around the user's
-    function, whose ``__class__`` cell, which ``super()`` reads, is pointed at
-    the rebuilt class, as attrs does for the methods it sees.)"""
-    found = getattr(cls, "__attrs_post_init__", None)
-    if _admits(found) and "__attrs_post_init__" not in cls.__dict__:
-        return  # Event's own, or a wrapper a parent already has
-    own = getattr(found, "__wrapped__", found)
+    """Make sure constructing *cls* runs admission. A class of its own gets
+    :func:`_admit_first`, which on the first event made puts the class's
+    generated admission in its place (one call less per event than the
+    dispatch of ``Event.__attrs_post_init__``). A class that defines its own
+    ``__attrs_post_init__`` (or inherits one from a mixin that comes before
+    :class:`Event` in its MRO, or sets it to ``None``) gets a wrapper that
+    admits the event, runs that method, and admits again (the method may
+    have set derived fields). (attrs rebuilds a slotted class, so this runs
+    twice: the second time the wrapper is made anew around the user's
+    function, whose ``__class__`` cell, which ``super()`` reads, is pointed
+    at the rebuilt class, as attrs does for the methods it sees.)"""
     mine = "__attrs_post_init__" in cls.__dict__  # not a mixin's, shared
+    found = getattr(cls, "__attrs_post_init__", None)
+    own = getattr(found, "__wrapped__", found)
+    if own is None or own is _admit_first or own is _event_post_init:
+        cls.__attrs_post_init__ = _admit_first  # type: ignore[method-assign]
+        return
+    if not mine and _admits(found):
+        if hasattr(found, "__wrapped__"):
+            return  # a parent's wrapper: it admits whatever class it is given
+        cls.__attrs_post_init__ = _admit_first  # type: ignore[method-assign]
+        return  # (a parent's generated admission is the parent's fields')
     if mine and isinstance(own, types.FunctionType) and own.__closure__:
         for name, cell in zip(own.__code__.co_freevars, own.__closure__, strict=True):
             if name == "__class__":
                 cell.cell_contents = cls
-    if own is None or own is _event_post_init:
-        cls.__attrs_post_init__ = _event_post_init  # type: ignore[method-assign]
-        return
 
     def __attrs_post_init__(self: Event) -> None:
         _event_post_init(self)
@@ -233,6 +239,23 @@ def _chain_post_init(cls: type[Event]) -> None:
 
 _event_post_init = Event.__attrs_post_init__
 _event_post_init._purpose_bus_admits = True  # type: ignore[attr-defined]
+
+
+def _admit_first(self: Event) -> None:
+    """The ``__attrs_post_init__`` of an event class until its first event:
+    admit it, and make the class's generated admission the method."""
+    cls = type(self)
+    admit = _admitters.get(cls)
+    if admit is None:
+        from ._admission import admitter
+
+        admit = admitter(cls)
+    if cls.__dict__.get("__attrs_post_init__") is _admit_first:
+        cls.__attrs_post_init__ = admit  # type: ignore[method-assign,assignment]
+    admit(self)
+
+
+_admit_first._purpose_bus_admits = True  # type: ignore[attr-defined]
 
 
 def admits_when_made(cls: type[Event]) -> bool:
