@@ -37,6 +37,10 @@ __all__ = ["BusSeam", "EventBus", "bus_seam"]
 
 logger = logging.getLogger("purpose_bus")
 
+#: An imported event moves its lane's local seq only below this (2**62): a
+#: forged seq near 2**63-1 cannot leave local events a seq no codec writes.
+_LOCAL_SEQ_LIMIT = 1 << 62
+
 E = TypeVar("E", bound=Event)
 
 #: ``publish`` yields to the scheduler at least once every this many calls.
@@ -418,9 +422,9 @@ class EventBus:
         if source is None:
             seq = lanes[lane_id] = last + 1
         else:  # accepted elsewhere first: keep its seq; local ones continue after
-            seq = event.seq
-            if seq > last:
-                lanes[lane_id] = seq
+            seq = event.seq  # it, unless it is in the top half of the range, where
+            if last < seq < _LOCAL_SEQ_LIMIT:  # no lane gets but by forgery: a
+                lanes[lane_id] = seq  # local seq never runs out of room
         offset = self._offset = self._offset + 1
         stamp = _stampers.get(type(event))
         if stamp is None:

@@ -273,7 +273,9 @@ def _freeze_items(
         raise _too_deep_here()
     if not value:
         return EMPTY
-    own: set[str] = set()
+    # The outermost mapping of a field keeps the key set of everything inside
+    # it; nested ones add to it and keep none (no set per level).
+    own: set[str] = set() if depth == 1 else keys
     add = own.add
     normal = _normal_keys.get
     items = {}
@@ -298,6 +300,8 @@ def _freeze_items(
         except _Invalid as exc:
             exc.path.append(f"[{key!r}]")
             raise
+    if own is keys:
+        return FrozenDict._make(items, None)
     keys |= own
     return FrozenDict._make(items, frozenset(own))
 
@@ -334,7 +338,7 @@ def _freeze_json(value: Any, depth: int, keys: set[str]) -> Any:
     if kind is float:
         return _finite(value)
     if kind is FrozenDict and depth == 0:
-        keys |= value._keys  # made by this walk before: frozen and checked
+        keys |= value.normal_keys()  # made by this walk before: frozen, checked
         return value
     if isinstance(value, Mapping):
         return _freeze_items(value, depth + 1, keys, _freeze_json)
@@ -536,7 +540,7 @@ def _mapping(tp: Any) -> _Converter:
 
     def freeze(value: Any, depth: int, keys: set[str]) -> FrozenDict:
         if type(value) is FrozenDict and values is _ANY and depth == 0:
-            keys |= value._keys
+            keys |= value.normal_keys()
             return value
         if not isinstance(value, Mapping):
             raise _Invalid(f"expected {expected}", value)

@@ -28,8 +28,10 @@ class FrozenDict(dict[str, Any]):
     Reads are a dict's own (it *is* a dict, so ``json`` and ``==`` treat it as
     one); every method that would change it raises :exc:`TypeError`. It is
     hashable (its values are frozen too), and copying it returns itself.
-    The normal forms of the keys inside it, at any depth, are kept with it for
-    the hidden-reasoning guard (see :func:`purpose_bus._hidden.normal_key`).
+    The normal forms of the keys inside it, at any depth, are kept with the
+    outermost one of a field for the hidden-reasoning guard (see
+    :meth:`normal_keys`); one nested in another works them out when first
+    asked, so deep nesting never holds a key set per level.
 
     Make one with ``FrozenDict(mapping)``, which checks and freezes *mapping*
     as an event field of type ``Mapping[str, Any]`` is checked: string keys,
@@ -38,7 +40,7 @@ class FrozenDict(dict[str, Any]):
 
     __slots__ = ("_hash", "_keys")
 
-    _keys: frozenset[str]
+    _keys: frozenset[str] | None
     _hash: int | None
 
     def __new__(cls, mapping: Mapping[str, Any] | Iterable[Any] = (), /) -> FrozenDict:
@@ -52,13 +54,23 @@ class FrozenDict(dict[str, Any]):
         pass  # filled by _make (dict.__init__ would fill it a second time)
 
     @classmethod
-    def _make(cls, items: dict[str, Any], keys: frozenset[str]) -> FrozenDict:
-        """Wrap *items* (already frozen, owned by nobody else) as they are."""
+    def _make(cls, items: dict[str, Any], keys: frozenset[str] | None) -> FrozenDict:
+        """Wrap *items* (already frozen, owned by nobody else) as they are;
+        *keys* are the normal forms of every key inside, or ``None`` (not
+        known yet: see :meth:`normal_keys`)."""
         frozen = dict.__new__(cls)
         dict.update(frozen, items)
         frozen._keys = keys
         frozen._hash = None
         return frozen
+
+    def normal_keys(self) -> frozenset[str]:
+        """The normal forms (:func:`purpose_bus._hidden.normal_key`) of every
+        key inside this mapping, at any depth."""
+        keys = self._keys
+        if keys is None:
+            keys = self._keys = _normal_keys_below(self)
+        return keys
 
     __setitem__ = __delitem__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
@@ -81,6 +93,25 @@ class FrozenDict(dict[str, Any]):
 
     def __repr__(self) -> str:
         return f"FrozenDict({dict.__repr__(self)})"
+
+
+def _normal_keys_below(value: FrozenDict) -> frozenset[str]:
+    from ._hidden import normal_key
+
+    found: set[str] = set()
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is FrozenDict:
+            known = item._keys
+            if known is not None:
+                found |= known
+                continue
+            found.update(map(normal_key, item))
+            stack.extend(item.values())
+        elif type(item) is tuple:
+            stack.extend(item)
+    return frozenset(found)
 
 
 #: The empty mapping every event shares as its default payload.

@@ -37,7 +37,7 @@ def _hidden_in_tuple(value: tuple[Any, ...], keys: frozenset[str]) -> bool:
     while stack:
         item = stack.pop()
         if type(item) is FrozenDict:
-            if not keys.isdisjoint(item._keys):
+            if not keys.isdisjoint(item.normal_keys()):
                 return True
         elif type(item) is tuple:
             stack.extend(item)
@@ -124,7 +124,8 @@ def _field_checker(cls: type[Event], keys: frozenset[str]) -> Guard:
             f"    v = event.{field.name}",
             "    t = type(v)",
             "    if t is FrozenDict:",
-            "        if not keys.isdisjoint(v._keys):",
+            "        k = v._keys",
+            "        if not keys.isdisjoint(v.normal_keys() if k is None else k):",
             f"            return reason(event, {field.name!r}, v, keys)",
             "    elif t is tuple and v and walk(v, keys):",
             f"        return reason(event, {field.name!r}, v, keys)",

@@ -819,3 +819,40 @@ class TestPastAdmission:
         assert reject_hidden_reasoning(event) is not None
         event = unchecked(Log(run_id="r", message="m"), payload={"v": value})
         assert reject_hidden_reasoning(event) is not None
+
+
+class TestCostOfNesting:
+    """A review found that every nested mapping kept the key set of all below
+    it: 250 levels around 20,000 keys held hundreds of MB (through Redis, a
+    1 MB forged entry stalled a reader for seconds). Now the outermost mapping
+    of a field keeps one set; the ones inside work theirs out when asked."""
+
+    def test_deep_nesting_around_many_keys_holds_one_key_set(self) -> None:
+        import tracemalloc
+
+        value: Any = {f"k{i}": 0 for i in range(2_000)}
+        for _ in range(250):
+            value = {"n": value}
+        data = encode(Log(run_id="r", message="m", payload=value))
+        tracemalloc.start()
+        try:
+            event = decode(data)
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert held < 4_000_000  # one set of 2,000 keys, not 250 of them
+        assert reject_hidden_reasoning(event) is None
+        inner = event.payload
+        for _ in range(100):
+            inner = inner["n"]
+        assert isinstance(inner, FrozenDict)
+        assert "k1999" in inner.normal_keys()
+        hidden = {"n": {"x": {"Chain-Of-Thought": 1}}}
+        reused = Log(
+            run_id="r",
+            message="m",
+            payload=decode(
+                encode(Log(run_id="r", message="m", payload={"a": hidden}))
+            ).payload["a"],
+        )
+        assert reject_hidden_reasoning(reused) is not None

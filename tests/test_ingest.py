@@ -8,7 +8,15 @@ import anyio
 import pytest
 from helpers import all_tasks_blocked
 
-from purpose_bus import EventBus, Log, MessageDelta, Overflow, RunFinished
+from purpose_bus import (
+    EventBus,
+    Log,
+    MessageDelta,
+    Overflow,
+    RunFinished,
+    decode,
+    encode,
+)
 from purpose_bus._bus import bus_seam
 from purpose_bus._events import Event, stamped
 
@@ -36,6 +44,16 @@ class TestIngest:
             local = await bus.publish(MessageDelta(run_id="r", lane_id="a", text="y"))
             assert local is not None
             assert local.seq == 8
+
+    async def test_a_remote_seq_in_the_top_half_leaves_the_local_one(self) -> None:
+        """A forged seq near 2**63-1 must not leave local events of the lane
+        a seq no codec writes (then a run's end would never be exported)."""
+        async with EventBus() as bus:
+            await bus_seam(bus).ingest(remote(2**63 - 1), source="bridge")
+            local = await bus.publish(MessageDelta(run_id="r", lane_id="a", text="y"))
+            assert local is not None
+            assert local.seq == 1
+            assert decode(encode(local)) == local
 
     async def test_guards_apply_and_never_raise(
         self, caplog: pytest.LogCaptureFixture
