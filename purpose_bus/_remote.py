@@ -150,11 +150,19 @@ class MergedReplay(Subscription[E_co]):
         return None
 
     def close(self) -> None:
+        """As :meth:`Subscription.close`; the merged events not yet handed out
+        are discarded too.
+
+        :raises RuntimeError: as :meth:`Subscription.close` (nothing changed)
+        """
+        if not self._closed and self._entered and _get_ident() != self._thread:
+            raise RuntimeError(wrong_thread("close()"))
         self._done = False  # closed, not ended: receive raises ClosedResourceError
         self._backlog.clear()
         super().close()
 
     def receive_nowait(self) -> E_co:
+        """As :meth:`Subscription.receive_nowait`, in the merged order."""
         if _get_ident() != self._thread:
             raise RuntimeError(wrong_thread("receiving"))
         if self._done:

@@ -382,3 +382,19 @@ class TestGapless:
                 assert stats.delivered <= c - b + len(live)
                 if not finished:
                     assert stats.delivered == c - b + len(live)
+
+
+class TestOtherThreads:
+    async def test_closing_from_another_thread_raises_and_changes_nothing(
+        self,
+    ) -> None:
+        remote = await elsewhere(delta("a"), delta("b"), RunFinished(run_id="r1"))
+        async with EventBus() as bus:
+            add_source(bus, Source(remote))
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                with pytest.raises(RuntimeError, match="event loop the bus runs on"):
+                    await anyio.to_thread.run_sync(sub.close)
+                with anyio.fail_after(5):
+                    got = [e async for e in sub]
+                assert texts(got) == ["a", "b"]
+                assert got[-1].kind == "run.finished"
