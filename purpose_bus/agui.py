@@ -386,6 +386,7 @@ class Translator:
                 "count": event.count,
                 "first_offset": event.first_offset,
                 "last_offset": event.last_offset,
+                "exact": event.exact,
             }
             self._put(CustomEvent(name=event.kind, value=value))
 
@@ -616,12 +617,23 @@ class _Framer:
     def __init__(self) -> None:
         self._encoder = EventEncoder()
 
+    def _encode(self, event: BaseEvent) -> str:
+        try:
+            return self._encoder.encode(event)
+        except ValueError:  # pydantic refuses a lone surrogate, which JSON carries
+            data = json.dumps(
+                event.model_dump(by_alias=True),
+                ensure_ascii=True,
+                separators=(",", ":"),
+            )
+            return f"data: {data}\n\n"
+
     def frames(self, events: list[BaseEvent], offset: int | None) -> bytes:
         """The frames of *events*; the last carries ``id: offset`` (if given),
         so a client's cursor only passes an offset once all of it arrived."""
         if not events:
             return b""
-        encode = self._encoder.encode
+        encode = self._encode
         text = "".join(encode(event) for event in events[:-1])
         last = encode(events[-1])
         if offset is not None:
@@ -775,7 +787,7 @@ class _Endpoints:
         try:
             after = _cursor(request)
             _check_run_id(run_id)
-            translator, prelude = self._state_at(run_id, after)
+            translator, prelude, after = self._state_at(run_id, after)
         except _BadRequest as exc:
             return exc.response()
         subscription = self._subscribe(run_id, after=after)
@@ -818,11 +830,18 @@ class _Endpoints:
             name=f"agui {run_id}",
         )
 
-    def _state_at(self, run_id: str, after: int) -> tuple[Translator, list[BaseEvent]]:
-        """The translator's state after the cursor, and the join prelude."""
+    def _state_at(
+        self, run_id: str, after: int
+    ) -> tuple[Translator, list[BaseEvent], int]:
+        """The translator's state after the cursor, the join prelude, and the
+        offset to subscribe after: without a cursor (0), just before the
+        run's first event history holds (``after=0`` would announce as lost
+        every offset history no longer holds, of any run)."""
         history = self.bus.replay(run_id=run_id, visibility=Visibility.PUBLIC)
         if not history:
             raise _BadRequest(404, f"unknown run {short(run_id)} (or not in history)")
+        if after == 0:
+            return Translator(run_id), [], history[0].offset - 1
         translator = Translator(run_id)
         cut = bisect_right(history, after, key=_offset_of)
         translator.advance(history[:cut])
@@ -835,7 +854,7 @@ class _Endpoints:
                 f"cursor {after} is not an event of run {short(run_id)} on this "
                 f"server (a cursor from another replica?); join without one",
             )
-        return translator, translator.reopen()
+        return translator, translator.reopen(), after
 
     def _start(self, run_input: RunAgentInput) -> None:
         assert self.task_group is not None and self.start_run is not None

@@ -317,7 +317,7 @@ class TestTranslator:
         assert types(out)[3:5] == ["TEXT_MESSAGE_END", "CUSTOM"]
         assert (gap["name"], gap["value"]) == (
             "events.dropped",
-            {"count": 2, "first_offset": 3, "last_offset": 4},
+            {"count": 2, "first_offset": 3, "last_offset": 4, "exact": True},
         )
 
     def test_a_gap_first(self) -> None:
@@ -1135,3 +1135,47 @@ class TestDemo:
                 assert events_of(parse_frames(joined.text)) == events
                 assert (await client.get("/kinds")).status_code == 200  # the live view
             stop.set()
+
+
+class TestWhatAReviewFound:
+    async def test_a_join_without_a_cursor_on_a_trimmed_history_shows_no_loss(
+        self,
+    ) -> None:
+        """``after=0`` on a history that evicted other runs' events announced
+        them all as this run's loss (and lost the run's threadId)."""
+        async with EventBus(history_size=50) as bus, anyio.create_task_group() as runs:
+            for i in range(200):
+                bus.emit(Log(run_id=f"other{i}", message="m"))
+            bus.emit(RunStarted(run_id="r", payload={"thread_id": "T1"}))
+            bus.emit(MessageDelta(run_id="r", text="hello"))
+            bus.emit(RunFinished(run_id="r"))
+            app = create_app(bus, task_group=runs)
+            async with (
+                running(app) as client,
+                client.stream("GET", "/agui/runs/r") as response,
+            ):
+                got = events_of(await read(response))
+        check_order(got)
+        assert [e["type"] for e in got if e["type"] == "CUSTOM"] == []
+        assert got[0]["threadId"] == "T1"
+        assert got[-1]["type"] == "RUN_FINISHED"
+
+    async def test_a_lone_surrogate_is_streamed_not_a_crash(self) -> None:
+        """Admission and encode take a lone surrogate (JSON escapes it);
+        pydantic's encoder refused it and the stream died for every viewer."""
+        async with EventBus() as bus, anyio.create_task_group() as runs:
+            bus.emit(RunStarted(run_id="s"))
+            bus.emit(MessageDelta(run_id="s", text="a\ud800b"))
+            bus.emit(ToolCall(run_id="s", name="t", arguments={"k\ud800": 1}))
+            bus.emit(RunFinished(run_id="s"))
+            app = create_app(bus, task_group=runs)
+            async with (
+                running(app) as client,
+                client.stream("GET", "/agui/runs/s") as response,
+            ):
+                assert response.status_code == 200
+                frames = await read(response)
+        got = [json.loads(frame.data) for frame in frames if frame.data is not None]
+        deltas = [e["delta"] for e in got if e["type"] == "TEXT_MESSAGE_CONTENT"]
+        assert deltas == ["a\ud800b"]
+        assert got[-1]["type"] == "RUN_FINISHED"
