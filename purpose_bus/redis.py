@@ -244,8 +244,9 @@ class BridgeStatistics:
     #: Local events written to Redis.
     exported: int
     #: Local events that will not be written: over ``max_pending`` while Redis
-    #: was slow or away, not encodable, refused by Redis, or still unwritten
-    #: when the bridge closed.
+    #: was slow or away, not encodable, encoded larger than ``max_size`` (which
+    #: readers with the same limit refuse), refused by Redis, or still
+    #: unwritten when the bridge closed.
     export_dropped: int
     #: Local events waiting to be written (in flight included).
     pending: int
@@ -726,6 +727,10 @@ class RedisBridge:
                 data = encode(event)
             except (TypeError, ValueError) as exc:
                 self._drop(1, "unencodable", f"cannot encode a {event.kind}: {exc}")
+                continue
+            if len(data) > self._max_size:  # every reader would refuse it
+                why = f"a {event.kind} of {len(data)} bytes, over max_size"
+                self._drop(1, "oversized", why)
                 continue
             size += len(data)
             run_id = event.run_id

@@ -1587,3 +1587,18 @@ class TestReadmeExample:
             "message.delta 2",
             "run.finished 3",
         ]
+
+
+class TestOversizedExports:
+    async def test_an_event_over_max_size_is_counted_by_its_writer(
+        self, redis_url: str, prefix: str
+    ) -> None:
+        """Readers refuse an entry over ``max_size``; a review found the writer
+        sent it anyway and counted it as exported (a terminal that big never
+        ended the run elsewhere, and nobody said so on the writer's side)."""
+        async with node(redis_url, prefix, max_size=10_000) as (bus, bridge):
+            bus.emit(Log(run_id="r", message="x" * 20_000))
+            bus.emit(Log(run_id="r", message="fits"))
+            await bridge.flush()
+            stats = bridge.statistics()
+            assert (stats.exported, stats.export_dropped) == (1, 1)
