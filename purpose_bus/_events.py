@@ -449,10 +449,11 @@ class EventsDropped(Event):
     """A notice, made by the bus for one subscriber with ``gap_events=True``, that
     events it matched were lost before the event that follows this notice.
 
-    ``run_id`` and ``lane_id`` are those of the first event lost (empty strings
-    when history no longer knows them); a notice never names the run or lane of
-    an event the subscriber could not see. Never recorded in history; never
-    counted as delivered.
+    ``run_id`` and ``lane_id`` are those of the first event lost; for offsets
+    history no longer held (``exact`` is ``False``) they are the subscription's
+    own single run and lane if its filter names exactly one, else empty
+    strings. A notice never names the run or lane of an event the subscriber
+    could not see. Never recorded in history; never counted as delivered.
     """
 
     kind = "events.dropped"
