@@ -1463,7 +1463,7 @@ class TestLifecycle:
     async def test_a_write_round_trip_is_bounded_in_bytes(
         self, redis_url: str, prefix: str
     ) -> None:
-        async with node(redis_url, prefix) as (bus, bridge):
+        async with node(redis_url, prefix, max_size=4 << 20) as (bus, bridge):
             for _ in range(3):  # 2 MiB each: two fill a round trip's 4 MiB
                 bus.emit(Log(run_id="big", message="x" * (2 << 20)))
             await bridge.flush()
