@@ -656,6 +656,12 @@ class BusSeam:
         """:raises BusClosed: if the bus is not open (any thread)."""
         self._bus._check_open()
 
+    def has_ended(self, run_id: str) -> bool:
+        """Whether the bus remembers *run_id* as ended (its terminal event was
+        accepted; a bounded memory, see ``max_runs``), even once history no
+        longer holds it."""
+        return run_id in self._bus._finished
+
     def check_loop(self, action: str) -> None:
         """:raises RuntimeError: naming *action*, if the bus is open and this is
         not its event loop thread (any thread)."""

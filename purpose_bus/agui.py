@@ -89,7 +89,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ._bus import EventBus
+from ._bus import EventBus, bus_seam
 from ._events import (
     Event,
     EventsDropped,
@@ -810,8 +810,10 @@ class _Endpoints:
         return bytes(body)
 
     def _check_new(self, run_id: str) -> None:
-        if run_id in self.starting or self.bus.replay(
-            run_id=run_id, visibility=Visibility.PRIVATE
+        if (
+            run_id in self.starting
+            or bus_seam(self.bus).has_ended(run_id)
+            or self.bus.replay(run_id=run_id, visibility=Visibility.PRIVATE)
         ):
             raise _BadRequest(
                 409,

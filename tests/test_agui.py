@@ -1179,3 +1179,22 @@ class TestWhatAReviewFound:
         deltas = [e["delta"] for e in got if e["type"] == "TEXT_MESSAGE_CONTENT"]
         assert deltas == ["a\ud800b"]
         assert got[-1]["type"] == "RUN_FINISHED"
+
+    async def test_a_post_of_a_run_that_ended_and_left_history_gets_409(
+        self,
+    ) -> None:
+        """The bus remembers ended runs beyond history (and rejects their
+        events): a POST of one got 200 and an empty stream."""
+        async with EventBus(history_size=5) as bus, anyio.create_task_group() as runs:
+
+            async def start(run_input: RunAgentInput) -> None:
+                pass
+
+            bus.emit(RunStarted(run_id="done"))
+            bus.emit(RunFinished(run_id="done"))
+            for i in range(10):
+                bus.emit(Log(run_id=f"other{i}", message="m"))
+            app = create_app(bus, start_run=start, task_group=runs)
+            async with running(app) as client:
+                response = await client.post("/agui", json=body(run_id="done"))
+            assert response.status_code == 409
