@@ -595,16 +595,17 @@ def offer_each(
     entries: Iterable[
         tuple[int, Callable[[Event], bool] | None, OverflowSender, object]
     ],
+    terminal: bool,
 ) -> None:
     """Deliver an accepted *event* to the buffer of each entry (``(visibility
     level, the rest of the filter or None, buffer, owner)``) whose filter
-    passes: :meth:`OverflowSender.offer_terminal` for a terminal event, else
+    passes: :meth:`OverflowSender.offer_terminal` for a *terminal* event, else
     :meth:`OverflowSender.offer`, with its common case (room in the buffer, or
     a drop-oldest eviction from the head) inlined: this is the emit's hot path,
     one frame for every subscriber. Part of :class:`OverflowSender`'s own code
     (it keeps the invariant); a function only to save a call per subscriber."""
     visibility = int(event.visibility)
-    if event.terminal:
+    if terminal:
         for level, match, sender, _ in entries:
             if visibility <= level and (match is None or match(event)):
                 sender.offer_terminal(event)
