@@ -33,6 +33,7 @@ matplotlib is importable, ``benchmarks/results/scaling.png``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import platform
@@ -85,37 +86,36 @@ async def _nothing(bus: EventBus, stack: AsyncExitStack, count: int) -> None:
     return None
 
 
-#: name -> (the sizes, the bus's options for a size, the setup, the x label).
-CURVES: dict[str, tuple[list[int], Callable[[int], dict[str, int]], Setup, str]] = {
-    "terminals": (
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """One dimension that grows: its sizes, what the x axis says, how a size is
+    set up on the bus, and the bus's options for a size."""
+
+    sizes: list[int]
+    label: str
+    setup: Setup = _nothing
+    options: Callable[[int], dict[str, int]] = lambda n: {"history_size": 1000}
+
+
+CURVES: dict[str, Curve] = {
+    "terminals": Curve(
         [0, 10, 100, 1_000, 10_000],
-        lambda n: {"history_size": 1000},
-        _terminals,
         "terminal events held by a subscriber that does not read",
+        _terminals,
     ),
-    "replaying": (
-        [1, 10, 100, 1_000, 5_000],
-        lambda n: {"history_size": 1000},
-        _replaying,
-        "subscribers still replaying other runs",
+    "replaying": Curve(
+        [1, 10, 100, 1_000, 5_000], "subscribers still replaying other runs", _replaying
     ),
-    "live": (
-        [1, 10, 100, 1_000, 10_000],
-        lambda n: {"history_size": 1000},
-        _live,
-        "live subscribers on other runs",
-    ),
-    "history": (
+    "live": Curve([1, 10, 100, 1_000, 10_000], "live subscribers on other runs", _live),
+    "history": Curve(
         [1_000, 10_000, 100_000, 1_000_000],
-        lambda n: {"history_size": n},
-        _nothing,
         "events history holds (full)",
+        options=lambda n: {"history_size": n},
     ),
-    "buffered": (
+    "buffered": Curve(
         [10, 100, 1_000, 10_000, 100_000],
-        lambda n: {"history_size": 1000, "buffer_size": n},
-        _nothing,
         "events buffered by the subscriber (full)",
+        options=lambda n: {"history_size": 1000, "buffer_size": n},
     ),
 }
 
@@ -134,10 +134,9 @@ def _timed(emit: Callable[[Any], None], events: list[MessageDelta]) -> float:
 
 
 async def _point(curve: str, size: int, repeat: int, count: int) -> float:
-    _, options_of, setup, _ = CURVES[curve]
-    options = options_of(size)
+    options = CURVES[curve].options(size)
     async with EventBus(**options) as bus, AsyncExitStack() as stack:
-        await setup(bus, stack, size)
+        await CURVES[curve].setup(bus, stack, size)
         await stack.enter_async_context(bus.subscribe(run_id="measured"))
         # Fill history and the measured subscriber's buffer (the other runs'
         # events stay in history when it is larger than the buffer, so that
@@ -154,7 +153,8 @@ async def _point(curve: str, size: int, repeat: int, count: int) -> float:
 def measure(backend: str, repeat: int, count: int, quick: bool) -> dict[str, Any]:
     """Every curve on *backend*: ``{"backend", "curves": {curve: {size: µs}}}``."""
     figures: dict[str, dict[str, float]] = {}
-    for curve, (sizes, *_rest) in CURVES.items():
+    for curve, spec in CURVES.items():
+        sizes = spec.sizes
         points: dict[str, float] = {}
         for size in sizes[:3] if quick else sizes:
             us = anyio.run(
@@ -197,14 +197,22 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> bool:
-    """One panel per curve; whether matplotlib was there to draw it."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or ``None`` if not installed."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> bool:
+    """One panel per curve; whether matplotlib was there to draw it."""
+    plt = _pyplot()
+    if plt is None:
         return False
     curves = list(CURVES)
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.6))
@@ -216,7 +224,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> bool:
         ax.set_xscale("log")
         ax.set_ylim(bottom=0)
         ax.set_title(curve)
-        ax.set_xlabel(CURVES[curve][3], fontsize=7)
+        ax.set_xlabel(CURVES[curve].label, fontsize=7)
         ax.set_ylabel("µs per emit")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -240,21 +248,26 @@ def main(argv: list[str] | None = None) -> None:
     ]
     markdown = table(results)
     print(markdown)
-    record = {
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"Python {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
-        "repeat": args.repeat,
-        "events": args.events,
-        "target": f"every point within {FLATNESS}x of its curve's first",
-        "results": results,
-        "markdown": markdown,
-    }
     args.output.parent.mkdir(exist_ok=True)
-    args.output.write_text(json.dumps(record, indent=1) + "\n")
+    machine = platform.processor() or platform.machine()
+    args.output.write_text(
+        json.dumps(
+            {
+                "machine": f"{machine}, Python {platform.python_version()}",
+                "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+                "repeat": args.repeat,
+                "events": args.events,
+                "target": f"every point within {FLATNESS}x of its curve's first",
+                "results": results,
+                "markdown": markdown,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     png = args.output.with_suffix(".png")
-    wrote = plot(results, png)
-    print(f"\nwrote {args.output}" + (f" and {png}" if wrote else ""), file=sys.stderr)
+    written = [args.output] + ([png] if plot(results, png) else [])
+    print("\nwrote " + " and ".join(map(str, written)), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -433,8 +433,9 @@ class EventBus:
         evicted = self._history.append(event)
         if evicted is not None and self._replaying.size:
             self._lost_from_history(evicted)
-        offer_each(event, self._index.candidates(run_id))
-        if event.terminal:
+        terminal = event.terminal
+        offer_each(event, self._index.candidates(run_id), terminal)
+        if terminal:
             self._finish(run_id)
         if self._taps:
             self._tap(event, source)

@@ -122,6 +122,21 @@ class History:
             by_run[run_id] = _RunIndex((current, event))  # type: ignore[arg-type]
         return evicted
 
+    @property
+    def run_ids(self) -> frozenset[str]:
+        """The runs history holds events of (a run it no longer holds any event
+        of has no bookkeeping left)."""
+        return frozenset(self._by_run)
+
+    def index_slots(self, run_id: str) -> int:
+        """How many slots the per-run index of *run_id* takes, evicted ones not
+        yet compacted away included (0 if the run is not held): what its
+        bookkeeping costs."""
+        entry = self._by_run.get(run_id)
+        if entry is None:
+            return 0
+        return len(entry) if type(entry) is _RunIndex else 1
+
     def get(self, offset: int) -> Event | None:
         """The event at *offset*, or ``None`` if it is not held."""
         if self.oldest <= offset <= self._newest:

@@ -104,6 +104,13 @@ class Gap:
 
 Item = Union[Event, Gap]  # noqa: UP007  (a runtime alias)
 
+# Empty stand-ins for a sender's side deques until it first needs them (never
+# appended to: _make_side() replaces them first), so that an idle subscription
+# does not pay three deques.
+_NO_ITEMS: deque[Item] = deque()
+_NO_PENDING: deque[tuple[int, Item]] = deque()
+_NO_DEAD: deque[list[int]] = deque()
+
 
 class OverflowSender:
     """One subscription's buffer: the send and receive ends of an unbounded AnyIO
@@ -152,12 +159,12 @@ class OverflowSender:
         #: index of the stream's head.
         self._taken = 0
         #: Terminal events and loss markers that come before the stream's head.
-        self._due: deque[Item] = deque()
+        self._due = _NO_ITEMS
         #: ``(position, item)`` for those that come later, by position.
-        self._pending: deque[tuple[int, Item]] = deque()
+        self._pending = _NO_PENDING
         #: ``DROP_NEWEST``: runs ``[start, end)`` of dead stream indices
         #: (evicted in place by a terminal event), by index, never adjacent.
-        self._dead: deque[list[int]] = deque()
+        self._dead = _NO_DEAD
         self._dead_count = 0
         #: How many items are beside the stream or dead in it (due, pending,
         #: dead): 0 on the fast paths, which then need no positions (``_taken``
@@ -252,10 +259,16 @@ class OverflowSender:
         """How many items the stream holds (dead ones included)."""
         return self._buffered - self._terminals + self._dead_count
 
+    def _make_side(self) -> None:
+        """Make the side deques, on the first item beside the stream."""
+        if self._due is _NO_ITEMS:
+            self._due, self._pending, self._dead = deque(), deque(), deque()
+
     def _put_beside(self, item: Item) -> None:
         """Put a terminal event or a loss marker after everything held."""
         if self._ended:
             raise anyio.ClosedResourceError
+        self._make_side()
         self._beside += 1
         in_stream = self._in_stream()
         if in_stream:
@@ -378,13 +391,15 @@ class OverflowSender:
             if due and type(due[-1]) is Gap:
                 due[-1].add(victim)
             else:
-                due.append(Gap.of(victim))
+                self._make_side()
+                self._due.append(Gap.of(victim))
                 self._beside += 1
         self._settle()
 
     def _kill_newest(self) -> None:
         """``DROP_NEWEST``: mark the newest live evictable event dead, where it
         is (it is skipped, or handed out as a loss, when it reaches the head)."""
+        self._make_side()
         dead = self._dead
         tail = self._taken + self._in_stream() - 1
         victim = dead[-1][0] - 1 if dead and dead[-1][1] == tail + 1 else tail
@@ -580,16 +595,17 @@ def offer_each(
     entries: Iterable[
         tuple[int, Callable[[Event], bool] | None, OverflowSender, object]
     ],
+    terminal: bool,
 ) -> None:
     """Deliver an accepted *event* to the buffer of each entry (``(visibility
     level, the rest of the filter or None, buffer, owner)``) whose filter
-    passes: :meth:`OverflowSender.offer_terminal` for a terminal event, else
+    passes: :meth:`OverflowSender.offer_terminal` for a *terminal* event, else
     :meth:`OverflowSender.offer`, with its common case (room in the buffer, or
     a drop-oldest eviction from the head) inlined: this is the emit's hot path,
     one frame for every subscriber. Part of :class:`OverflowSender`'s own code
     (it keeps the invariant); a function only to save a call per subscriber."""
     visibility = int(event.visibility)
-    if event.terminal:
+    if terminal:
         for level, match, sender, _ in entries:
             if visibility <= level and (match is None or match(event)):
                 sender.offer_terminal(event)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from purpose_bus import Event, Log, RunFinished, ToolCall, Visibility
 from purpose_bus._events import stamped
 from purpose_bus._filters import make_filter
-from purpose_bus._history import History, _RunIndex
+from purpose_bus._history import History
 
 ALL = make_filter(visibility=Visibility.PRIVATE)
 
@@ -134,17 +134,14 @@ class TestRunIndex:
         for offset in range(1, 101):
             history.append(make(offset, run_id=f"run-{offset}"))
         # Only the runs still held are indexed: no per-run state leaks.
-        assert set(history._by_run) == {"run-98", "run-99", "run-100"}
+        assert history.run_ids == {"run-98", "run-99", "run-100"}
 
     def test_index_of_a_long_run_stays_bounded(self) -> None:
         history = History(10)
         for offset in range(1, 10_001):
             history.append(make(offset))
-        index = history._by_run["r"]
-        assert isinstance(index, _RunIndex)
-        assert index.remaining() == 10
         # Evicted entries are compacted away as they accumulate.
-        assert len(index) <= 2 * 10 + 33
+        assert 10 <= history.index_slots("r") <= 2 * 10 + 33
         assert offsets(history.iter_after(0, frozenset({"r"}))) == list(
             range(9991, 10_001)
         )
@@ -165,7 +162,7 @@ class TestRunIndex:
         assert offsets(held) == list(range(max(1, len(runs) - size + 1), len(runs) + 1))
         expected = [e for e in held if e.offset > after and e.run_id in wanted]
         assert list(history.iter_after(after, frozenset(wanted))) == expected
-        assert set(history._by_run) == {e.run_id for e in held}
+        assert history.run_ids == {e.run_id for e in held}
 
 
 class TestSelect:

@@ -6,7 +6,7 @@ import logging
 
 import anyio
 import pytest
-from helpers import all_tasks_blocked
+from helpers import all_tasks_blocked, drain
 
 from purpose_bus import (
     EventBus,
@@ -87,6 +87,20 @@ class TestIngest:
             assert sub.receive_nowait().seq == 1
             with anyio.fail_after(5):
                 assert (await sub.receive()).seq == 2
+
+    async def test_cancelled_while_waiting_it_leaves_no_trace(self) -> None:
+        async with (
+            EventBus() as bus,
+            bus.subscribe(overflow=Overflow.BLOCK, buffer_size=1) as sub,
+        ):
+            await bus_seam(bus).ingest(remote(1), source="bridge")
+            before = bus.statistics()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bus_seam(bus).ingest, remote(2), "bridge")
+                await all_tasks_blocked()
+                tg.cancel_scope.cancel()
+            assert bus.statistics() == before
+            assert [e.seq for e in drain(sub)] == [1]
 
 
 class TestTaps:
