@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ._bus import EventBus as EventBus
 from ._codec import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
+from ._codec import MAX_DECODE_BYTES as MAX_DECODE_BYTES
 from ._codec import MAX_DEPTH as MAX_DEPTH
 from ._codec import decode as decode
 from ._codec import encode as encode
@@ -49,6 +50,7 @@ from ._subscription import Subscription as Subscription
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
     "DEFAULT_MAX_SIZE",
+    "MAX_DECODE_BYTES",
     "MAX_DEPTH",
     "YIELD_INTERVAL",
     "BusClosed",

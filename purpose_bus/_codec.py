@@ -34,7 +34,7 @@ emitted is unstamped). An :class:`~purpose_bus.EventsDropped` notice needs
 ``max_size`` large enough).
 
 Limits: :func:`decode` refuses input over ``max_size`` bytes (default
-:data:`DEFAULT_MAX_SIZE`, 1 MiB), checked before parsing; :func:`encode` has no
+:data:`MAX_DECODE_BYTES`, 1 MiB), checked before parsing; :func:`encode` has no
 size limit. Nesting is limited to :data:`MAX_DEPTH` (256) levels of arrays and
 objects inside one field, the same limit both ways: deeper input raises
 :exc:`~purpose_bus.DecodeError`, a deeper or self-containing value
@@ -68,11 +68,20 @@ from ._frozen import EMPTY, FrozenDict
 from ._hidden import _normal as _normal_keys
 from ._hidden import normal_key
 
-__all__ = ["DEFAULT_MAX_SIZE", "MAX_COUNTER", "MAX_DEPTH", "decode", "encode"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "MAX_COUNTER",
+    "MAX_DECODE_BYTES",
+    "MAX_DEPTH",
+    "decode",
+    "encode",
+]
 
 #: The default limit of :func:`decode`: input longer than this many bytes
 #: (1 MiB) is refused before it is parsed.
-DEFAULT_MAX_SIZE = 1 << 20
+MAX_DECODE_BYTES = 1 << 20
+#: The former name of :data:`MAX_DECODE_BYTES` (kept for existing code).
+DEFAULT_MAX_SIZE = MAX_DECODE_BYTES
 
 #: The deepest nesting of JSON arrays and objects inside one field that
 #: :func:`decode` accepts and :func:`encode` writes (``{}`` is one level).
@@ -1049,7 +1058,7 @@ def _construct(cls: type[Event], plan: _Plan, data: dict[str, Any]) -> Event:
 
 
 def decode(
-    data: bytes | bytearray | memoryview | str, *, max_size: int = DEFAULT_MAX_SIZE
+    data: bytes | bytearray | memoryview | str, *, max_size: int = MAX_DECODE_BYTES
 ) -> Event:
     """Return the event encoded in *data* by :func:`encode`.
 

@@ -103,7 +103,7 @@ from coredis.exceptions import NoScriptError, RedisError
 from coredis.retry import NoRetryPolicy
 
 from ._bus import EventBus, bus_seam
-from ._codec import DEFAULT_MAX_SIZE, decode, encode
+from ._codec import MAX_DECODE_BYTES, decode, encode
 from ._events import Event, Visibility
 from ._exceptions import BusClosed, DecodeError
 from ._filters import KindsArg, StrArg, make_filter
@@ -372,7 +372,7 @@ class RedisBridge:
         run_maxlen: int = 10_000,
         run_ttl: int = 86_400,
         partitions: int = 16,
-        max_size: int = DEFAULT_MAX_SIZE,
+        max_size: int = MAX_DECODE_BYTES,
         batch_size: int = 1000,
         linger: float = 0.0,
         max_pending: int = 100_000,
