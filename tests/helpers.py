@@ -98,3 +98,26 @@ def calls_made(action: Callable[[], object]) -> int:
     finally:
         sys.setprofile(None)
     return count
+
+
+def http_scope(
+    path: str,
+    hosts: list[bytes],
+    server: tuple[str, int] | None = ("127.0.0.1", 8000),
+) -> dict[str, object]:
+    """The ASGI scope of a ``GET`` of *path* from a loopback client, with one
+    ``Host`` header per item of *hosts* (none, one, or several)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", value) for value in hosts],
+        "client": ("127.0.0.1", 50000),
+        "server": server,
+    }

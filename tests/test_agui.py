@@ -33,6 +33,7 @@ from agui_helpers import (
 )
 from agui_strategies import agent_runs
 from anyio.abc import TaskGroup
+from helpers import http_scope
 from hypercorn.config import Config
 from hypothesis import given
 from starlette.types import Message, Receive, Scope, Send
@@ -884,20 +885,7 @@ class StaysConnected:
 
 
 def get_scope(path: str) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    return http_scope(path, [b"127.0.0.1"])
 
 
 async def call_app(

@@ -732,3 +732,11 @@ class TestRanges:
             run_id="r", count=3, first_offset=2**63 - 3, last_offset=2**63 - 1
         )
         assert decode(encode(notice)) == notice
+
+
+def test_the_decode_limit_has_a_name_that_says_what_it_measures() -> None:
+    from purpose_bus import DEFAULT_MAX_SIZE, MAX_DECODE_BYTES
+
+    assert MAX_DECODE_BYTES == DEFAULT_MAX_SIZE == 1 << 20
+    with pytest.raises(DecodeError, match="size limit"):
+        decode(b" " * (MAX_DECODE_BYTES + 1))

@@ -9,6 +9,7 @@ from functools import partial
 
 import anyio
 import pytest
+from helpers import http_scope
 from hypercorn.config import Config
 from starlette.types import Message, Scope
 
@@ -25,20 +26,7 @@ async def call(
 ) -> tuple[int, bytes, dict[str, str]]:
     """One request straight to the ASGI *app*; returns status, body, headers."""
     hosts = [] if host is None else [host] if isinstance(host, bytes) else host
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", value) for value in hosts],
-        "client": ("127.0.0.1", 50000),
-        "server": server,
-    }
+    scope: Scope = http_scope(path, hosts, server)
     sent: list[Message] = []
 
     async def receive() -> Message:

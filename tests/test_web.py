@@ -531,6 +531,7 @@ class TestEvents:
         ("after=x", {}, "after must be an event offset"),
         ("after=1&after=2", {}, "after must be given at most once"),
         ("after=" + "9" * 20, {}, "after must be an event offset"),
+        (f"after={2**63}", {}, "after must be an event offset"),  # past 2**63-1
         ("", {"Last-Event-ID": "abc"}, "Last-Event-ID must be an event offset"),
         ("after=1", {"Last-Event-ID": "1.5"}, "Last-Event-ID must be an event offset"),
         ("run_id=", {}, "run_id must not be empty"),
