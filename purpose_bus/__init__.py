@@ -5,8 +5,9 @@ Public names are re-exported here from small private modules, one concept each.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._bus import EventBus as EventBus
-from ._codec import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
 from ._codec import MAX_DECODE_BYTES as MAX_DECODE_BYTES
 from ._codec import MAX_DEPTH as MAX_DEPTH
 from ._codec import decode as decode
@@ -49,7 +50,6 @@ from ._subscription import Subscription as Subscription
 
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
-    "DEFAULT_MAX_SIZE",
     "MAX_DECODE_BYTES",
     "MAX_DEPTH",
     "YIELD_INTERVAL",
@@ -90,3 +90,16 @@ __all__ = [
     "reject_hidden_reasoning",
     "thaw",
 ]
+
+# Former names, served with a DeprecationWarning until they are removed (see
+# _deprecated). Type checkers see them declared here, never the __getattr__,
+# which would make them accept any name at all.
+if TYPE_CHECKING:
+    DEFAULT_MAX_SIZE: int
+    """Deprecated: use :data:`MAX_DECODE_BYTES`."""
+else:
+    from ._deprecated import former_names
+
+    __getattr__ = former_names(__name__, "DEFAULT_MAX_SIZE")
+    del former_names
+del TYPE_CHECKING

@@ -58,10 +58,11 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from math import isfinite as _isfinite
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import attrs
 
+from ._deprecated import former_names
 from ._events import Event, EventsDropped, event_class
 from ._exceptions import DecodeError
 from ._frozen import EMPTY, FrozenDict
@@ -69,7 +70,6 @@ from ._hidden import _normal as _normal_keys
 from ._hidden import normal_key
 
 __all__ = [
-    "DEFAULT_MAX_SIZE",
     "MAX_COUNTER",
     "MAX_DECODE_BYTES",
     "MAX_DEPTH",
@@ -80,8 +80,6 @@ __all__ = [
 #: The default limit of :func:`decode`: input longer than this many bytes
 #: (1 MiB) is refused before it is parsed.
 MAX_DECODE_BYTES = 1 << 20
-#: The former name of :data:`MAX_DECODE_BYTES` (kept for existing code).
-DEFAULT_MAX_SIZE = MAX_DECODE_BYTES
 
 #: The deepest nesting of JSON arrays and objects inside one field that
 #: :func:`decode` accepts and :func:`encode` writes (``{}`` is one level).
@@ -90,6 +88,11 @@ MAX_DEPTH = 256
 #: The largest ``seq`` or ``offset`` (and ``EventsDropped`` count or offset)
 #: encoded or decoded: 2**63-1, what a signed 64-bit counter holds.
 MAX_COUNTER = (1 << 63) - 1
+
+# Former names (see _deprecated), hidden from type checkers: they would take a
+# module __getattr__ to mean that any name exists.
+if not TYPE_CHECKING:
+    __getattr__ = former_names(__name__, "DEFAULT_MAX_SIZE")
 
 _Convert = Callable[[Any], Any]
 #: ``freeze(value, depth, keys)``: see :attr:`_Converter.freeze`.

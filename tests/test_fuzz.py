@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from strategies import events, json_values
 
 from purpose_bus import (
-    DEFAULT_MAX_SIZE,
+    MAX_DECODE_BYTES,
     MAX_DEPTH,
     DecodeError,
     Event,
@@ -387,11 +387,11 @@ class TestSizeLimit:
         """A valid event of exactly 1 MiB of UTF-8 decodes; one byte more is
         refused (as bytes and as text, whose size is its UTF-8 length)."""
         empty = len(encode(MessageDelta(run_id="r", text="", span_id="s", ts=1.0)))
-        room = DEFAULT_MAX_SIZE - empty
+        room = MAX_DECODE_BYTES - empty
         width = len(char.encode())
         text = char * (room // width) + "a" * (room % width)
         fitting = encode(MessageDelta(run_id="r", text=text, span_id="s", ts=1.0))
-        assert len(fitting) == DEFAULT_MAX_SIZE
+        assert len(fitting) == MAX_DECODE_BYTES
         over = encode(MessageDelta(run_id="r", text=text + "a", span_id="s", ts=1.0))
         for data in (fitting, fitting.decode()):
             event = decode(data)
@@ -430,13 +430,13 @@ class TestLargeInputs:
     def test_the_largest_input_accepted_is_decoded_quickly_or_refused(
         self, name: str
     ) -> None:
-        data = _adversarial(DEFAULT_MAX_SIZE)[name][:DEFAULT_MAX_SIZE]
+        data = _adversarial(MAX_DECODE_BYTES)[name][:MAX_DECODE_BYTES]
         decode_or_decode_error(data)
-        decode_or_decode_error(data.decode("utf-8", "replace")[: DEFAULT_MAX_SIZE // 4])
+        decode_or_decode_error(data.decode("utf-8", "replace")[: MAX_DECODE_BYTES // 4])
 
     def test_over_the_limit_is_refused_before_parsing(self) -> None:
         """A 64 MiB input is refused at once (it is never parsed)."""
-        data = b"[" * (64 * DEFAULT_MAX_SIZE)
+        data = b"[" * (64 * MAX_DECODE_BYTES)
         start = time.perf_counter()
         with pytest.raises(DecodeError, match="size limit"):
             decode(data)
