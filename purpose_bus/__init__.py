@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._bus import EventBus as EventBus
 from ._codec import MAX_DECODE_BYTES as MAX_DECODE_BYTES
-from ._codec import MAX_DEPTH as MAX_DEPTH
+from ._codec import MAX_NESTING as MAX_NESTING
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._events import Event as Event
@@ -51,7 +51,7 @@ from ._subscription import Subscription as Subscription
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
     "MAX_DECODE_BYTES",
-    "MAX_DEPTH",
+    "MAX_NESTING",
     "YIELD_INTERVAL",
     "BusClosed",
     "BusStatistics",
@@ -97,9 +97,11 @@ __all__ = [
 if TYPE_CHECKING:
     DEFAULT_MAX_SIZE: int
     """Deprecated: use :data:`MAX_DECODE_BYTES`."""
+    MAX_DEPTH: int
+    """Deprecated: use :data:`MAX_NESTING`."""
 else:
     from ._deprecated import former_names
 
-    __getattr__ = former_names(__name__, "DEFAULT_MAX_SIZE")
+    __getattr__ = former_names(__name__, "DEFAULT_MAX_SIZE", "MAX_DEPTH")
     del former_names
 del TYPE_CHECKING

@@ -22,6 +22,7 @@ REMOVED_IN = "0.2.0"
 #: Every former public name and the name that replaced it.
 RENAMED = {
     "DEFAULT_MAX_SIZE": "MAX_DECODE_BYTES",
+    "MAX_DEPTH": "MAX_NESTING",
 }
 
 

@@ -28,7 +28,7 @@ from strategies import events, json_values
 
 from purpose_bus import (
     MAX_DECODE_BYTES,
-    MAX_DEPTH,
+    MAX_NESTING,
     DecodeError,
     Event,
     Log,
@@ -302,14 +302,14 @@ class TestNesting:
     )
     def test_one_depth_limit_both_ways(self, opening: str, closing: str) -> None:
         """The codec's promise: whatever depth decode accepts, encode writes
-        back. Both refuse exactly what nests deeper than ``MAX_DEPTH`` inside a
+        back. Both refuse exactly what nests deeper than ``MAX_NESTING`` inside a
         field (was: decode took ~950 levels that encode, one frame deeper,
         refused)."""
         per_level = opening.count("[") + opening.count("{")
-        for levels in range(MAX_DEPTH // per_level - 3, MAX_DEPTH // per_level + 3):
+        for levels in range(MAX_NESTING // per_level - 3, MAX_NESTING // per_level + 3):
             depth = levels * per_level + 1  # arguments={"a": ...} is a level
             data = _nested_payload(levels, opening, closing)
-            if depth <= MAX_DEPTH:
+            if depth <= MAX_NESTING:
                 event = decode(data)
                 assert decode(encode(event)) == event
             else:
@@ -332,7 +332,7 @@ class TestNesting:
                     encode(event)
 
     @fuzz
-    @given(st.integers(1, MAX_DEPTH + 3), st.integers(0, 400), st.integers(0, 400))
+    @given(st.integers(1, MAX_NESTING + 3), st.integers(0, 400), st.integers(0, 400))
     def test_refused_exactly_when_deeper_than_the_limit(
         self, depth: int, width: int, at: int
     ) -> None:
@@ -341,7 +341,7 @@ class TestNesting:
         value: Any = []
         for level in range(depth - 1, 0, -1):
             value = [value, *([[]] * width)] if level == min(at, depth - 1) else [value]
-        if depth + 1 <= MAX_DEPTH:  # arguments itself is a level
+        if depth + 1 <= MAX_NESTING:  # arguments itself is a level
             event = ToolCall(run_id="r", name="t", arguments={"a": value})
             assert decode(encode(event)) == event
         else:

@@ -54,6 +54,7 @@ DESIGN_NAMES = {
 #: defined it (CHANGELOG, Deprecated): old name -> (new name, module).
 FORMER_NAMES = {
     "DEFAULT_MAX_SIZE": ("MAX_DECODE_BYTES", "purpose_bus._codec"),
+    "MAX_DEPTH": ("MAX_NESTING", "purpose_bus._codec"),
 }
 REMOVED_IN = "0.2.0"
 FORMER = [
