@@ -45,14 +45,14 @@ from ._merge import parallel_merge as parallel_merge
 from ._overflow import Overflow as Overflow
 from ._statistics import BusStatistics as BusStatistics
 from ._statistics import SubscriptionStatistics as SubscriptionStatistics
-from ._subscription import YIELD_INTERVAL as YIELD_INTERVAL
+from ._subscription import EVENTS_PER_YIELD as EVENTS_PER_YIELD
 from ._subscription import Subscription as Subscription
 
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
+    "EVENTS_PER_YIELD",
     "MAX_DECODE_BYTES",
     "MAX_NESTING",
-    "YIELD_INTERVAL",
     "BusClosed",
     "BusStatistics",
     "DecodeError",
@@ -99,9 +99,13 @@ if TYPE_CHECKING:
     """Deprecated: use :data:`MAX_DECODE_BYTES`."""
     MAX_DEPTH: int
     """Deprecated: use :data:`MAX_NESTING`."""
+    YIELD_INTERVAL: int
+    """Deprecated: use :data:`EVENTS_PER_YIELD`."""
 else:
     from ._deprecated import former_names
 
-    __getattr__ = former_names(__name__, "DEFAULT_MAX_SIZE", "MAX_DEPTH")
+    __getattr__ = former_names(
+        __name__, "DEFAULT_MAX_SIZE", "MAX_DEPTH", "YIELD_INTERVAL"
+    )
     del former_names
 del TYPE_CHECKING

@@ -55,6 +55,7 @@ DESIGN_NAMES = {
 FORMER_NAMES = {
     "DEFAULT_MAX_SIZE": ("MAX_DECODE_BYTES", "purpose_bus._codec"),
     "MAX_DEPTH": ("MAX_NESTING", "purpose_bus._codec"),
+    "YIELD_INTERVAL": ("EVENTS_PER_YIELD", "purpose_bus._subscription"),
 }
 REMOVED_IN = "0.2.0"
 FORMER = [
