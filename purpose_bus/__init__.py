@@ -39,7 +39,7 @@ from ._frozen import FrozenDict as FrozenDict
 from ._frozen import thaw as thaw
 from ._guards import DEFAULT_HIDDEN_KEYS as DEFAULT_HIDDEN_KEYS
 from ._guards import Guard as Guard
-from ._guards import hidden_reasoning_guard as hidden_reasoning_guard
+from ._guards import create_hidden_reasoning_guard as create_hidden_reasoning_guard
 from ._guards import reject_hidden_reasoning as reject_hidden_reasoning
 from ._merge import parallel_merge as parallel_merge
 from ._overflow import Overflow as Overflow
@@ -81,10 +81,10 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "Visibility",
+    "create_hidden_reasoning_guard",
     "decode",
     "encode",
     "event_class",
-    "hidden_reasoning_guard",
     "parallel_merge",
     "registered_kinds",
     "reject_hidden_reasoning",
@@ -95,17 +95,32 @@ __all__ = [
 # _deprecated). Type checkers see them declared here, never the __getattr__,
 # which would make them accept any name at all.
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from typing_extensions import deprecated
+
     DEFAULT_MAX_SIZE: int
     """Deprecated: use :data:`MAX_DECODE_BYTES`."""
     MAX_DEPTH: int
     """Deprecated: use :data:`MAX_NESTING`."""
     YIELD_INTERVAL: int
     """Deprecated: use :data:`EVENTS_PER_YIELD`."""
+
+    @deprecated(
+        "purpose_bus.hidden_reasoning_guard is deprecated and will be removed in "
+        "purpose_bus 0.2.0: use purpose_bus.create_hidden_reasoning_guard"
+    )
+    def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
+        """Deprecated: use :func:`create_hidden_reasoning_guard`."""
 else:
     from ._deprecated import former_names
 
     __getattr__ = former_names(
-        __name__, "DEFAULT_MAX_SIZE", "MAX_DEPTH", "YIELD_INTERVAL"
+        __name__,
+        "DEFAULT_MAX_SIZE",
+        "MAX_DEPTH",
+        "YIELD_INTERVAL",
+        "hidden_reasoning_guard",
     )
     del former_names
 del TYPE_CHECKING

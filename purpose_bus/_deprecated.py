@@ -24,6 +24,7 @@ RENAMED = {
     "DEFAULT_MAX_SIZE": "MAX_DECODE_BYTES",
     "MAX_DEPTH": "MAX_NESTING",
     "YIELD_INTERVAL": "EVENTS_PER_YIELD",
+    "hidden_reasoning_guard": "create_hidden_reasoning_guard",
 }
 
 

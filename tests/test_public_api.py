@@ -56,6 +56,7 @@ FORMER_NAMES = {
     "DEFAULT_MAX_SIZE": ("MAX_DECODE_BYTES", "purpose_bus._codec"),
     "MAX_DEPTH": ("MAX_NESTING", "purpose_bus._codec"),
     "YIELD_INTERVAL": ("EVENTS_PER_YIELD", "purpose_bus._subscription"),
+    "hidden_reasoning_guard": ("create_hidden_reasoning_guard", "purpose_bus._guards"),
 }
 REMOVED_IN = "0.2.0"
 FORMER = [
@@ -289,24 +290,68 @@ anyio.run(main)
 """
 
 
+#: A user's program still on the former names: it type-checks as before.
+FORMER_NAMES_PROGRAM = """\
+import purpose_bus
+from purpose_bus import (
+    DEFAULT_MAX_SIZE,
+    MAX_DEPTH,
+    YIELD_INTERVAL,
+    EventBus,
+    Guard,
+    hidden_reasoning_guard,
+)
+
+limits: list[int] = [DEFAULT_MAX_SIZE, MAX_DEPTH, YIELD_INTERVAL]
+limits.append(purpose_bus.MAX_DEPTH)
+guard: Guard = hidden_reasoning_guard(["diary"])
+bus = EventBus(guards=(guard,))
+"""
+
+
+def _mypy(tmp_path: Path, program: str, *options: str) -> str:
+    """mypy --strict's report on *program*, run outside the repository."""
+    (tmp_path / "app.py").write_text(program)
+    command = [sys.executable, "-m", "mypy", "--strict", *options, "app.py"]
+    result = subprocess.run(
+        [*command, "--cache-dir", os.devnull],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "MYPYPATH"},
+    )
+    assert not result.stderr, result.stderr
+    return result.stdout
+
+
 class TestTypeCheckers:
     def test_mypy_finds_the_installed_package(self, tmp_path: Path) -> None:
         # Outside the repository, mypy sees only what is installed: with the
         # README's `pip install -e .`, a plain .pth path entry (setuptools'
         # default editable install is an import hook that mypy cannot follow,
         # and reports import-not-found).
-        (tmp_path / "app.py").write_text(USER_PROGRAM)
-        command = [sys.executable, "-m", "mypy", "--strict", "app.py"]
-        result = subprocess.run(
-            [*command, "--cache-dir", os.devnull],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={k: v for k, v in os.environ.items() if k != "MYPYPATH"},
+        report = _mypy(tmp_path, USER_PROGRAM)
+        assert report.startswith("Success: no issues found in 1 source file"), report
+
+    def test_former_names_type_check_and_the_factory_is_marked(
+        self, tmp_path: Path
+    ) -> None:
+        # The constants type-check as ints; the factory is marked deprecated
+        # (PEP 702), which mypy reports with its `deprecated` code enabled.
+        report = _mypy(
+            tmp_path, FORMER_NAMES_PROGRAM, "--enable-error-code", "deprecated"
         )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.startswith("Success: no issues found in 1 source file")
+        errors = [line for line in report.splitlines() if ": error: " in line]
+        assert len(errors) == 1, report
+        assert "hidden_reasoning_guard is deprecated" in errors[0]
+        assert "use purpose_bus.create_hidden_reasoning_guard" in errors[0]
+        assert errors[0].endswith("[deprecated]")
+
+    def test_an_unknown_name_is_still_a_type_error(self, tmp_path: Path) -> None:
+        # The former names' __getattr__ is hidden from type checkers.
+        report = _mypy(tmp_path, "from purpose_bus import MAX_NESTNG\n")
+        assert 'Module "purpose_bus" has no attribute "MAX_NESTNG"' in report
 
 
 class TestImport:
