@@ -5,10 +5,11 @@ Public names are re-exported here from small private modules, one concept each.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._bus import EventBus as EventBus
-from ._codec import DEFAULT_MAX_SIZE as DEFAULT_MAX_SIZE
 from ._codec import MAX_DECODE_BYTES as MAX_DECODE_BYTES
-from ._codec import MAX_DEPTH as MAX_DEPTH
+from ._codec import MAX_NESTING as MAX_NESTING
 from ._codec import decode as decode
 from ._codec import encode as encode
 from ._events import Event as Event
@@ -38,21 +39,20 @@ from ._frozen import FrozenDict as FrozenDict
 from ._frozen import thaw as thaw
 from ._guards import DEFAULT_HIDDEN_KEYS as DEFAULT_HIDDEN_KEYS
 from ._guards import Guard as Guard
-from ._guards import hidden_reasoning_guard as hidden_reasoning_guard
+from ._guards import create_hidden_reasoning_guard as create_hidden_reasoning_guard
 from ._guards import reject_hidden_reasoning as reject_hidden_reasoning
 from ._merge import parallel_merge as parallel_merge
 from ._overflow import Overflow as Overflow
 from ._statistics import BusStatistics as BusStatistics
 from ._statistics import SubscriptionStatistics as SubscriptionStatistics
-from ._subscription import YIELD_INTERVAL as YIELD_INTERVAL
+from ._subscription import EVENTS_PER_YIELD as EVENTS_PER_YIELD
 from ._subscription import Subscription as Subscription
 
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
-    "DEFAULT_MAX_SIZE",
+    "EVENTS_PER_YIELD",
     "MAX_DECODE_BYTES",
-    "MAX_DEPTH",
-    "YIELD_INTERVAL",
+    "MAX_NESTING",
     "BusClosed",
     "BusStatistics",
     "DecodeError",
@@ -81,12 +81,46 @@ __all__ = [
     "ToolCall",
     "ToolResult",
     "Visibility",
+    "create_hidden_reasoning_guard",
     "decode",
     "encode",
     "event_class",
-    "hidden_reasoning_guard",
     "parallel_merge",
     "registered_kinds",
     "reject_hidden_reasoning",
     "thaw",
 ]
+
+# Former names, served with a DeprecationWarning until they are removed (see
+# _deprecated). Type checkers see them declared here, never the __getattr__,
+# which would make them accept any name at all.
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from typing_extensions import deprecated
+
+    DEFAULT_MAX_SIZE: int
+    """Deprecated: use :data:`MAX_DECODE_BYTES`."""
+    MAX_DEPTH: int
+    """Deprecated: use :data:`MAX_NESTING`."""
+    YIELD_INTERVAL: int
+    """Deprecated: use :data:`EVENTS_PER_YIELD`."""
+
+    @deprecated(
+        "purpose_bus.hidden_reasoning_guard is deprecated and will be removed in "
+        "purpose_bus 0.2.0: use purpose_bus.create_hidden_reasoning_guard"
+    )
+    def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
+        """Deprecated: use :func:`create_hidden_reasoning_guard`."""
+else:
+    from ._deprecated import former_names
+
+    __getattr__ = former_names(
+        __name__,
+        "DEFAULT_MAX_SIZE",
+        "MAX_DEPTH",
+        "YIELD_INTERVAL",
+        "hidden_reasoning_guard",
+    )
+    del former_names
+del TYPE_CHECKING

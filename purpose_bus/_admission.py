@@ -128,7 +128,7 @@ def admitter(cls: type[Event]) -> Callable[[Event], None]:
 
     :raises TypeError: for a field of the wrong type (or a non-string key)
     :raises ValueError: for a value of the right type JSON cannot carry (NaN,
-        infinity, an int too large, nesting deeper than ``MAX_DEPTH``)
+        infinity, an int too large, nesting deeper than ``MAX_NESTING``)
     """
     admit = _admitters.get(cls)
     if admit is None:

@@ -44,7 +44,7 @@ _LOCAL_SEQ_LIMIT = 1 << 62
 E = TypeVar("E", bound=Event)
 
 #: ``publish`` yields to the scheduler at least once every this many calls.
-PUBLISH_YIELD_INTERVAL = 64
+PUBLISH_EVENTS_PER_YIELD = 64
 
 #: A callable that sees every accepted event and where it came from (internal).
 Tap = Callable[[Event, object], None]
@@ -255,7 +255,7 @@ class EventBus:
         self._check_loop("publish()")
         self._check(event)
         self._publish_streak += 1
-        if self._publish_streak < PUBLISH_YIELD_INTERVAL:
+        if self._publish_streak < PUBLISH_EVENTS_PER_YIELD:
             await checkpoint_if_cancelled()
         else:
             self._publish_streak = 0

@@ -35,7 +35,7 @@ emitted is unstamped). An :class:`~purpose_bus.EventsDropped` notice needs
 
 Limits: :func:`decode` refuses input over ``max_size`` bytes (default
 :data:`MAX_DECODE_BYTES`, 1 MiB), checked before parsing; :func:`encode` has no
-size limit. Nesting is limited to :data:`MAX_DEPTH` (256) levels of arrays and
+size limit. Nesting is limited to :data:`MAX_NESTING` (256) levels of arrays and
 objects inside one field, the same limit both ways: deeper input raises
 :exc:`~purpose_bus.DecodeError`, a deeper or self-containing value
 ``ValueError``, so whatever :func:`decode` accepts :func:`encode` writes back.
@@ -58,10 +58,11 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from math import isfinite as _isfinite
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import attrs
 
+from ._deprecated import former_names
 from ._events import Event, EventsDropped, event_class
 from ._exceptions import DecodeError
 from ._frozen import EMPTY, FrozenDict
@@ -69,10 +70,9 @@ from ._hidden import _normal as _normal_keys
 from ._hidden import normal_key
 
 __all__ = [
-    "DEFAULT_MAX_SIZE",
     "MAX_COUNTER",
     "MAX_DECODE_BYTES",
-    "MAX_DEPTH",
+    "MAX_NESTING",
     "decode",
     "encode",
 ]
@@ -80,16 +80,19 @@ __all__ = [
 #: The default limit of :func:`decode`: input longer than this many bytes
 #: (1 MiB) is refused before it is parsed.
 MAX_DECODE_BYTES = 1 << 20
-#: The former name of :data:`MAX_DECODE_BYTES` (kept for existing code).
-DEFAULT_MAX_SIZE = MAX_DECODE_BYTES
 
 #: The deepest nesting of JSON arrays and objects inside one field that
 #: :func:`decode` accepts and :func:`encode` writes (``{}`` is one level).
-MAX_DEPTH = 256
+MAX_NESTING = 256
 
 #: The largest ``seq`` or ``offset`` (and ``EventsDropped`` count or offset)
 #: encoded or decoded: 2**63-1, what a signed 64-bit counter holds.
 MAX_COUNTER = (1 << 63) - 1
+
+# Former names (see _deprecated), hidden from type checkers: they would take a
+# module __getattr__ to mean that any name exists.
+if not TYPE_CHECKING:
+    __getattr__ = former_names(__name__, "DEFAULT_MAX_SIZE", "MAX_DEPTH")
 
 _Convert = Callable[[Any], Any]
 #: ``freeze(value, depth, keys)``: see :attr:`_Converter.freeze`.
@@ -250,12 +253,12 @@ _INT_LIMIT = 10 ** (sys.int_info.default_max_str_digits or 4300)
 
 
 class _TooDeep(_Invalid):
-    """A value nested deeper than :data:`MAX_DEPTH`: said of the whole field
+    """A value nested deeper than :data:`MAX_NESTING`: said of the whole field
     (a path hundreds of levels long would say nothing)."""
 
     def __init__(self) -> None:
         super().__init__(
-            f"is nested too deeply (more than {MAX_DEPTH} levels of arrays and "
+            f"is nested too deeply (more than {MAX_NESTING} levels of arrays and "
             "objects) or holds itself",
             error=ValueError,
         )
@@ -278,7 +281,7 @@ def _freeze_items(
     """*value* as a :class:`FrozenDict` of its items frozen by *freeze*, at
     *depth* (its own level). (The hot loop of admission: the normal-key cache
     and the common scalars are looked at inline.)"""
-    if depth > MAX_DEPTH:
+    if depth > MAX_NESTING:
         raise _too_deep_here()
     if not value:
         return EMPTY
@@ -319,7 +322,7 @@ def _freeze_items_of(
     value: Any, depth: int, keys: set[str], freeze: _Freeze
 ) -> tuple[Any, ...]:
     """*value*, a list or tuple, as a tuple of its items frozen by *freeze*."""
-    if depth > MAX_DEPTH:
+    if depth > MAX_NESTING:
         raise _too_deep_here()
     if freeze is _freeze_json and all(type(item) in _PLAIN for item in value):
         return tuple(value)  # strings, bools and Nones: nothing to look into
@@ -862,13 +865,13 @@ def _encode_field(kind: str, field: _Field, value: Any) -> Any:
 
 def _too_deep(text: str, data: dict[str, Any]) -> str | None:
     """The name of the first field of *data* (an event's JSON object) that
-    nests arrays and objects more than :data:`MAX_DEPTH` levels deep, or None.
+    nests arrays and objects more than :data:`MAX_NESTING` levels deep, or None.
 
     The one depth check of both directions, on the same JSON data. An explicit
     stack, so it never raises RecursionError; *text* (the JSON of *data*) only
     lets shallow events skip the walk: depth needs that many brackets.
     """
-    if text.count("[") + text.count("{") <= MAX_DEPTH + 1:
+    if text.count("[") + text.count("{") <= MAX_NESTING + 1:
         return None
     for name, value in data.items():
         stack = [(value, 1)]
@@ -880,7 +883,7 @@ def _too_deep(text: str, data: dict[str, Any]) -> str | None:
                 children = item
             else:
                 continue
-            if depth > MAX_DEPTH:
+            if depth > MAX_NESTING:
                 return name
             stack.extend((child, depth + 1) for child in children)
     return None
@@ -895,7 +898,7 @@ def _dump(kind: str, data: dict[str, Any]) -> bytes:
     if deep is not None:
         raise ValueError(
             f"cannot encode {kind!r} event: field {deep} is nested too deeply "
-            f"(more than {MAX_DEPTH} levels of arrays and objects)"
+            f"(more than {MAX_NESTING} levels of arrays and objects)"
         )
     try:
         return text.encode("utf-8")
@@ -1089,7 +1092,7 @@ def decode(
     if deep is not None:
         raise DecodeError(
             f"field {_short(deep)} is nested too deeply "
-            f"(more than {MAX_DEPTH} levels of arrays and objects)"
+            f"(more than {MAX_NESTING} levels of arrays and objects)"
         )
     cls = _event_class(parsed)
     try:

@@ -9,11 +9,12 @@ cannot search.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._codec import field_converters
+from ._deprecated import former_names
 from ._events import Event
 from ._frozen import FrozenDict
 from ._hidden import DEFAULT_HIDDEN_KEYS, normal_key
@@ -21,7 +22,7 @@ from ._hidden import DEFAULT_HIDDEN_KEYS, normal_key
 __all__ = [
     "DEFAULT_HIDDEN_KEYS",
     "Guard",
-    "hidden_reasoning_guard",
+    "create_hidden_reasoning_guard",
     "reject_hidden_reasoning",
 ]
 
@@ -64,7 +65,7 @@ def _first_hidden(value: Any, keys: frozenset[str]) -> str | None:
     return None
 
 
-def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
+def create_hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
     """Return a guard that rejects events carrying any of *keys*: as a mapping
     key at any depth of the payload or of any other field (tool arguments,
     tool results), or as the name of a field of the event's class. Keys are
@@ -83,7 +84,7 @@ def hidden_reasoning_guard(keys: Iterable[str] = DEFAULT_HIDDEN_KEYS) -> Guard:
         raise TypeError("keys must be a collection of strings, not one string")
     normal = frozenset(normal_key(key) for key in keys) - {""}
     if not normal:
-        raise ValueError("hidden_reasoning_guard needs at least one key")
+        raise ValueError("create_hidden_reasoning_guard needs at least one key")
     checks: dict[type[Event], Guard] = {}
 
     def guard(event: Event) -> str | None:
@@ -147,5 +148,11 @@ def _reason(event: Event, field: str, value: Any, keys: frozenset[str]) -> str:
     )
 
 
-#: The default guard: :func:`hidden_reasoning_guard` with :data:`DEFAULT_HIDDEN_KEYS`.
-reject_hidden_reasoning: Guard = hidden_reasoning_guard()
+#: The default guard: :func:`create_hidden_reasoning_guard` with
+#: :data:`DEFAULT_HIDDEN_KEYS`.
+reject_hidden_reasoning: Guard = create_hidden_reasoning_guard()
+
+# Former names (see _deprecated), hidden from type checkers: they would take a
+# module __getattr__ to mean that any name exists.
+if not TYPE_CHECKING:
+    __getattr__ = former_names(__name__, "hidden_reasoning_guard")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar
 import anyio
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled, current_token
 
+from ._deprecated import former_names
 from ._events import Event
 from ._filters import EventFilter
 from ._overflow import Overflow
@@ -24,7 +25,7 @@ from ._validate import count
 if TYPE_CHECKING:
     from ._bus import BusSeam
 
-__all__ = ["YIELD_INTERVAL", "NoPublicConstructor", "Subscription", "wrong_thread"]
+__all__ = ["EVENTS_PER_YIELD", "NoPublicConstructor", "Subscription", "wrong_thread"]
 
 E_co = TypeVar("E_co", bound=Event, covariant=True)
 T = TypeVar("T")
@@ -35,8 +36,13 @@ T = TypeVar("T")
 #: :meth:`Subscription.receive_batch` alike). A burst of fewer events than this
 #: is drained in one turn, so a subscriber keeps up with a publisher that yields
 #: once per burst (``publish`` yields every 64).
-YIELD_INTERVAL = 1024
+EVENTS_PER_YIELD = 1024
 S = TypeVar("S")
+
+# Former names (see _deprecated), hidden from type checkers: they would take a
+# module __getattr__ to mean that any name exists.
+if not TYPE_CHECKING:
+    __getattr__ = former_names(__name__, "YIELD_INTERVAL")
 
 
 class NoPublicConstructor(type):
@@ -253,7 +259,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
 
         Always a cancellation point. When events are buffered it returns without
         a scheduler round trip, but it yields to the scheduler at least once in
-        every :data:`YIELD_INTERVAL` (1024) calls, so a busy subscriber cannot
+        every :data:`EVENTS_PER_YIELD` (1024) calls, so a busy subscriber cannot
         starve the loop, yet drains a burst of fewer events in one turn. When
         nothing is buffered it yields once and looks again before it waits (as
         AnyIO's own ``receive`` yields first): an event that a task ready to
@@ -280,7 +286,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         # The logic of receive() lives here: one coroutine per event when iterating.
         streak = self._streak + 1
         try:
-            if streak < YIELD_INTERVAL:
+            if streak < EVENTS_PER_YIELD:
                 self._streak = streak
                 await self._cancelled_check()
             else:
@@ -301,16 +307,16 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         except anyio.EndOfStream:
             raise StopAsyncIteration from None
 
-    async def receive_batch(self, max_items: int = YIELD_INTERVAL) -> list[E_co]:
+    async def receive_batch(self, max_items: int = EVENTS_PER_YIELD) -> list[E_co]:
         """Return every event that is ready, up to *max_items* (and up to
-        :data:`YIELD_INTERVAL`), in order, waiting for one if none is; an
+        :data:`EVENTS_PER_YIELD`), in order, waiting for one if none is; an
         :class:`~purpose_bus.EventsDropped` notice (``gap_events=True``) comes at
         its place in the list. The list is never empty.
 
         Always a cancellation point, with one check for the whole batch. When
         events are ready it returns without a scheduler round trip, but it
         yields to the scheduler before handing out more than
-        :data:`YIELD_INTERVAL` (1024) events since its last yield (counting
+        :data:`EVENTS_PER_YIELD` (1024) events since its last yield (counting
         :meth:`receive` too), so a busy subscriber cannot starve the loop. With
         nothing ready it yields once and looks again before it waits, as
         :meth:`receive` does. Cancelled (while waiting or not), it leaves the
@@ -330,7 +336,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         await self._ready()
 
         def take() -> list[Event]:
-            return self._take_batch(min(max_items, YIELD_INTERVAL - self._streak))
+            return self._take_batch(min(max_items, EVENTS_PER_YIELD - self._streak))
 
         try:
             batch = take()
@@ -339,7 +345,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         self._streak += len(batch)
         return batch  # type: ignore[return-value]
 
-    def batches(self, max_items: int = YIELD_INTERVAL) -> AsyncIterator[list[E_co]]:
+    def batches(self, max_items: int = EVENTS_PER_YIELD) -> AsyncIterator[list[E_co]]:
         """Iterate over lists of events: ``async for batch in sub.batches():``
         calls :meth:`receive_batch` with *max_items* for each list, so each step
         is a cancellation point, waits while no event is ready, and loses
@@ -356,11 +362,11 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
 
     async def _ready(self) -> None:
         """The cancellation check of a receive about to hand out what is ready
-        or, once :data:`YIELD_INTERVAL` events went out since the last yield,
+        or, once :data:`EVENTS_PER_YIELD` events went out since the last yield,
         the yield. (:meth:`__anext__` has its own inline copy: it is the
         per-event hot path.)"""
         try:
-            if self._streak < YIELD_INTERVAL:
+            if self._streak < EVENTS_PER_YIELD:
                 await self._cancelled_check()
             else:
                 self._streak = 0

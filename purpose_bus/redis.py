@@ -109,7 +109,7 @@ from ._exceptions import BusClosed, DecodeError
 from ._filters import KindsArg, StrArg, make_filter
 from ._overflow import Overflow
 from ._remote import ReplaySource
-from ._subscription import YIELD_INTERVAL, Subscription
+from ._subscription import EVENTS_PER_YIELD, Subscription
 from ._validate import count, seconds
 
 __all__ = ["BridgeStatistics", "RedisBridge", "partition_of"]
@@ -910,7 +910,7 @@ class RedisBridge:
                 if count is not None:
                     accounted[key] = count + 1
                 taken += 1
-                if taken % YIELD_INTERVAL == 0:
+                if taken % EVENTS_PER_YIELD == 0:
                     await checkpoint()
 
     async def _take(self, key: bytes, identifier: bytes, values: Any) -> None:

@@ -41,7 +41,7 @@ from strategies import matches_kwargs, single_run
 
 from purpose_bus import (
     DEFAULT_HIDDEN_KEYS,
-    YIELD_INTERVAL,
+    EVENTS_PER_YIELD,
     BusClosed,
     BusStatistics,
     Event,
@@ -178,15 +178,15 @@ class ModelSubscription:
 
     def before_receive(self) -> None:
         """``receive()`` counts itself, yielding (and starting over) once
-        ``YIELD_INTERVAL`` calls went by."""
-        self.streak = self.streak + 1 if self.streak + 1 < YIELD_INTERVAL else 0
+        ``EVENTS_PER_YIELD`` calls went by."""
+        self.streak = self.streak + 1 if self.streak + 1 < EVENTS_PER_YIELD else 0
 
     def before_batch(self) -> int:
-        """``receive_batch()`` yields first if ``YIELD_INTERVAL`` events went
+        """``receive_batch()`` yields first if ``EVENTS_PER_YIELD`` events went
         out since the last yield; returns how many it may hand out now."""
-        if self.streak >= YIELD_INTERVAL:
+        if self.streak >= EVENTS_PER_YIELD:
             self.streak = 0
-        return YIELD_INTERVAL - self.streak
+        return EVENTS_PER_YIELD - self.streak
 
     def waited(self) -> None:
         """A receive that found nothing ready yielded (then waited)."""

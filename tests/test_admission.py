@@ -36,9 +36,9 @@ from purpose_bus import (
     ToolCall,
     ToolResult,
     Visibility,
+    create_hidden_reasoning_guard,
     decode,
     encode,
-    hidden_reasoning_guard,
     reject_hidden_reasoning,
     thaw,
 )
@@ -336,7 +336,7 @@ class TestHiddenReasoning:
             kind = "test_admission.notes"
             diary: str = ""
 
-        guard = hidden_reasoning_guard(["Diary"])
+        guard = create_hidden_reasoning_guard(["Diary"])
         assert guard(Notes(run_id="r")) is not None
         assert guard(Log(run_id="r", message="m", payload={"di-ary": 1})) is not None
         assert guard(Log(run_id="r", message="m")) is None

@@ -13,7 +13,7 @@ from anyio.lowlevel import checkpoint
 from helpers import all_tasks_blocked, delta, drain, texts
 
 from purpose_bus import (
-    YIELD_INTERVAL,
+    EVENTS_PER_YIELD,
     BusClosed,
     BusStatistics,
     Event,
@@ -411,7 +411,7 @@ class TestEventBus:
 
     async def test_publish_is_a_cancellation_point_on_the_fast_path(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
-            for _ in range(2 * YIELD_INTERVAL + 1):
+            for _ in range(2 * EVENTS_PER_YIELD + 1):
                 with anyio.CancelScope() as scope:
                     scope.cancel()
                     await bus.publish(delta("cancelled"))
@@ -439,7 +439,7 @@ class TestEventBus:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(counter)
                     for _ in range(windows):
-                        for _ in range(YIELD_INTERVAL):
+                        for _ in range(EVENTS_PER_YIELD):
                             await bus.publish(delta())
                         seen.append(ticks)
                     tg.cancel_scope.cancel()

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from strategies import events, json_values
 
 from purpose_bus import (
-    DEFAULT_MAX_SIZE,
-    MAX_DEPTH,
+    MAX_DECODE_BYTES,
+    MAX_NESTING,
     DecodeError,
     Event,
     Log,
@@ -302,14 +302,14 @@ class TestNesting:
     )
     def test_one_depth_limit_both_ways(self, opening: str, closing: str) -> None:
         """The codec's promise: whatever depth decode accepts, encode writes
-        back. Both refuse exactly what nests deeper than ``MAX_DEPTH`` inside a
+        back. Both refuse exactly what nests deeper than ``MAX_NESTING`` inside a
         field (was: decode took ~950 levels that encode, one frame deeper,
         refused)."""
         per_level = opening.count("[") + opening.count("{")
-        for levels in range(MAX_DEPTH // per_level - 3, MAX_DEPTH // per_level + 3):
+        for levels in range(MAX_NESTING // per_level - 3, MAX_NESTING // per_level + 3):
             depth = levels * per_level + 1  # arguments={"a": ...} is a level
             data = _nested_payload(levels, opening, closing)
-            if depth <= MAX_DEPTH:
+            if depth <= MAX_NESTING:
                 event = decode(data)
                 assert decode(encode(event)) == event
             else:
@@ -332,7 +332,7 @@ class TestNesting:
                     encode(event)
 
     @fuzz
-    @given(st.integers(1, MAX_DEPTH + 3), st.integers(0, 400), st.integers(0, 400))
+    @given(st.integers(1, MAX_NESTING + 3), st.integers(0, 400), st.integers(0, 400))
     def test_refused_exactly_when_deeper_than_the_limit(
         self, depth: int, width: int, at: int
     ) -> None:
@@ -341,7 +341,7 @@ class TestNesting:
         value: Any = []
         for level in range(depth - 1, 0, -1):
             value = [value, *([[]] * width)] if level == min(at, depth - 1) else [value]
-        if depth + 1 <= MAX_DEPTH:  # arguments itself is a level
+        if depth + 1 <= MAX_NESTING:  # arguments itself is a level
             event = ToolCall(run_id="r", name="t", arguments={"a": value})
             assert decode(encode(event)) == event
         else:
@@ -387,11 +387,11 @@ class TestSizeLimit:
         """A valid event of exactly 1 MiB of UTF-8 decodes; one byte more is
         refused (as bytes and as text, whose size is its UTF-8 length)."""
         empty = len(encode(MessageDelta(run_id="r", text="", span_id="s", ts=1.0)))
-        room = DEFAULT_MAX_SIZE - empty
+        room = MAX_DECODE_BYTES - empty
         width = len(char.encode())
         text = char * (room // width) + "a" * (room % width)
         fitting = encode(MessageDelta(run_id="r", text=text, span_id="s", ts=1.0))
-        assert len(fitting) == DEFAULT_MAX_SIZE
+        assert len(fitting) == MAX_DECODE_BYTES
         over = encode(MessageDelta(run_id="r", text=text + "a", span_id="s", ts=1.0))
         for data in (fitting, fitting.decode()):
             event = decode(data)
@@ -430,13 +430,13 @@ class TestLargeInputs:
     def test_the_largest_input_accepted_is_decoded_quickly_or_refused(
         self, name: str
     ) -> None:
-        data = _adversarial(DEFAULT_MAX_SIZE)[name][:DEFAULT_MAX_SIZE]
+        data = _adversarial(MAX_DECODE_BYTES)[name][:MAX_DECODE_BYTES]
         decode_or_decode_error(data)
-        decode_or_decode_error(data.decode("utf-8", "replace")[: DEFAULT_MAX_SIZE // 4])
+        decode_or_decode_error(data.decode("utf-8", "replace")[: MAX_DECODE_BYTES // 4])
 
     def test_over_the_limit_is_refused_before_parsing(self) -> None:
         """A 64 MiB input is refused at once (it is never parsed)."""
-        data = b"[" * (64 * DEFAULT_MAX_SIZE)
+        data = b"[" * (64 * MAX_DECODE_BYTES)
         start = time.perf_counter()
         with pytest.raises(DecodeError, match="size limit"):
             decode(data)

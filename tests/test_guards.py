@@ -1,6 +1,6 @@
-"""Tests of the guards: :func:`purpose_bus.hidden_reasoning_guard`, the default
-:data:`purpose_bus.reject_hidden_reasoning`, and how the bus applies guards
-(strict and not, guards that raise)."""
+"""Tests of the guards: :func:`purpose_bus.create_hidden_reasoning_guard`, the
+default :data:`purpose_bus.reject_hidden_reasoning`, and how the bus applies
+guards (strict and not, guards that raise)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from purpose_bus import (
     ToolCall,
     ToolResult,
     Visibility,
-    hidden_reasoning_guard,
+    create_hidden_reasoning_guard,
     reject_hidden_reasoning,
 )
 
@@ -159,14 +159,14 @@ class TestHiddenReasoningGuard:
         assert reject_hidden_reasoning(event) is not None
 
     def test_the_key_set_is_configurable(self) -> None:
-        guard = hidden_reasoning_guard(["Secret", "scratchpad"])
+        guard = create_hidden_reasoning_guard(["Secret", "scratchpad"])
         assert guard(Log(run_id="r1", message="m", payload={"SECRET": 1})) is not None
         assert guard(Log(run_id="r1", message="m", payload={"scratchPad": 1}))
         assert guard(hidden("chain_of_thought")) is None
 
     def test_an_empty_key_set_is_refused(self) -> None:
         with pytest.raises(ValueError):  # noqa: PT011  (any message)
-            hidden_reasoning_guard([])
+            create_hidden_reasoning_guard([])
 
 
 class TestGuardsOnTheBus:
@@ -218,7 +218,7 @@ class TestGuardsOnTheBus:
             assert len(drain(sub)) == 1
 
     async def test_a_configured_key_set_on_the_bus(self) -> None:
-        guard = hidden_reasoning_guard({"scratchpad"})
+        guard = create_hidden_reasoning_guard({"scratchpad"})
         async with (
             EventBus(guards=(guard,), strict=True) as bus,
             bus.subscribe() as sub,

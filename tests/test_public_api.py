@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -9,6 +10,8 @@ import subprocess
 import sys
 import traceback
 import types
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,12 +42,29 @@ DESIGN_NAMES = {
     "registered_kinds",
     "encode",
     "decode",
-    "DEFAULT_MAX_SIZE",
+    "MAX_DECODE_BYTES",
     "PurposeBusError",
     "BusClosed",
     "EventRejected",
     "DecodeError",
 }
+
+#: Former public names: each still works, with a DeprecationWarning, until the
+#: release named below, in ``purpose_bus`` and in the private module that
+#: defined it (CHANGELOG, Deprecated): old name -> (new name, module).
+FORMER_NAMES = {
+    "DEFAULT_MAX_SIZE": ("MAX_DECODE_BYTES", "purpose_bus._codec"),
+    "MAX_DEPTH": ("MAX_NESTING", "purpose_bus._codec"),
+    "YIELD_INTERVAL": ("EVENTS_PER_YIELD", "purpose_bus._subscription"),
+    "hidden_reasoning_guard": ("create_hidden_reasoning_guard", "purpose_bus._guards"),
+}
+REMOVED_IN = "0.2.0"
+FORMER = [
+    pytest.param(module, old, new, id=f"{module}.{old}")
+    for old, (new, private) in FORMER_NAMES.items()
+    for module in ("purpose_bus", private)
+]
+FORMER_MODULES = sorted({"purpose_bus", *(m for _, m in FORMER_NAMES.values())})
 
 #: Optional or test-only dependencies that ``import purpose_bus`` must not pull in.
 NOT_IMPORTED = [
@@ -91,6 +111,95 @@ class TestAll:
         namespace: dict[str, object] = {}
         exec("from purpose_bus import *", namespace)
         assert set(namespace) - {"__builtins__"} == set(purpose_bus.__all__)
+
+
+class TestFormerNames:
+    """A renamed name keeps working under its former name for one minor version:
+    the same object, one DeprecationWarning per use naming the new name and the
+    release that removes the old one; never exported, never in a star import."""
+
+    @staticmethod
+    def _warnings_of(use: Callable[[], object]) -> list[warnings.WarningMessage]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            use()
+        return caught
+
+    @staticmethod
+    def _assert_one_warning(
+        caught: list[warnings.WarningMessage], module: str, old: str, new: str
+    ) -> None:
+        assert [str(w.message) for w in caught] == [
+            f"{module}.{old} is deprecated and will be removed in purpose_bus "
+            f"{REMOVED_IN}: use purpose_bus.{new}"
+        ]
+        assert caught[0].category is DeprecationWarning
+
+    @pytest.mark.parametrize(("module", "old", "new"), FORMER)
+    def test_attribute_is_the_new_object_with_one_warning(
+        self, module: str, old: str, new: str
+    ) -> None:
+        namespace = importlib.import_module(module)
+        values: list[object] = []
+        caught = self._warnings_of(lambda: values.append(getattr(namespace, old)))
+        assert len(values) == 1
+        assert values[0] is getattr(purpose_bus, new)
+        self._assert_one_warning(caught, module, old, new)
+        assert caught[0].filename == __file__  # the line that used the name
+
+    @pytest.mark.parametrize(("module", "old", "new"), FORMER)
+    def test_from_import_is_the_new_object_with_one_warning(
+        self, module: str, old: str, new: str
+    ) -> None:
+        # For a package, the import system looks the name up twice (hasattr,
+        # then the import proper): still one warning.
+        namespace: dict[str, object] = {}
+        statement = f"from {module} import {old}"
+        caught = self._warnings_of(lambda: exec(statement, namespace))
+        assert namespace[old] is getattr(purpose_bus, new)
+        self._assert_one_warning(caught, module, old, new)
+
+    @pytest.mark.parametrize(("module", "old", "new"), FORMER)
+    def test_every_use_warns(self, module: str, old: str, new: str) -> None:
+        namespace = importlib.import_module(module)
+        caught = self._warnings_of(lambda: [getattr(namespace, old) for _ in "ab"])
+        assert len(caught) == 2
+
+    @pytest.mark.parametrize(("module", "old", "new"), FORMER)
+    def test_with_warnings_as_errors_a_use_raises(
+        self, module: str, old: str, new: str
+    ) -> None:
+        namespace = importlib.import_module(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            with pytest.raises(DeprecationWarning, match=f"use purpose_bus.{new}$"):
+                getattr(namespace, old)
+
+    @pytest.mark.parametrize("old", FORMER_NAMES)
+    def test_not_exported(self, old: str) -> None:
+        assert old not in purpose_bus.__all__
+        assert old not in vars(purpose_bus)
+        assert old not in dir(purpose_bus)
+
+    @pytest.mark.parametrize("module", FORMER_MODULES)
+    def test_star_import_does_not_warn(self, module: str) -> None:
+        namespace: dict[str, object] = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            exec(f"from {module} import *", namespace)
+        assert not set(namespace) & set(FORMER_NAMES)
+
+    @pytest.mark.parametrize("module", FORMER_MODULES)
+    def test_an_unknown_name_is_an_attribute_error(self, module: str) -> None:
+        namespace = importlib.import_module(module)
+        message = f"module '{module}' has no attribute 'no_such_name'"
+        with pytest.raises(AttributeError, match=f"^{re.escape(message)}$") as info:
+            namespace.no_such_name  # noqa: B018
+        assert info.value.name == "no_such_name"
+        assert info.value.obj is namespace
+        assert not hasattr(namespace, "no_such_name")
+        with pytest.raises(ImportError, match="cannot import name 'no_such_name'"):
+            exec(f"from {module} import no_such_name", {})
 
 
 EXCEPTIONS = sorted(
@@ -181,24 +290,68 @@ anyio.run(main)
 """
 
 
+#: A user's program still on the former names: it type-checks as before.
+FORMER_NAMES_PROGRAM = """\
+import purpose_bus
+from purpose_bus import (
+    DEFAULT_MAX_SIZE,
+    MAX_DEPTH,
+    YIELD_INTERVAL,
+    EventBus,
+    Guard,
+    hidden_reasoning_guard,
+)
+
+limits: list[int] = [DEFAULT_MAX_SIZE, MAX_DEPTH, YIELD_INTERVAL]
+limits.append(purpose_bus.MAX_DEPTH)
+guard: Guard = hidden_reasoning_guard(["diary"])
+bus = EventBus(guards=(guard,))
+"""
+
+
+def _mypy(tmp_path: Path, program: str, *options: str) -> str:
+    """mypy --strict's report on *program*, run outside the repository."""
+    (tmp_path / "app.py").write_text(program)
+    command = [sys.executable, "-m", "mypy", "--strict", *options, "app.py"]
+    result = subprocess.run(
+        [*command, "--cache-dir", os.devnull],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "MYPYPATH"},
+    )
+    assert not result.stderr, result.stderr
+    return result.stdout
+
+
 class TestTypeCheckers:
     def test_mypy_finds_the_installed_package(self, tmp_path: Path) -> None:
         # Outside the repository, mypy sees only what is installed: with the
         # README's `pip install -e .`, a plain .pth path entry (setuptools'
         # default editable install is an import hook that mypy cannot follow,
         # and reports import-not-found).
-        (tmp_path / "app.py").write_text(USER_PROGRAM)
-        command = [sys.executable, "-m", "mypy", "--strict", "app.py"]
-        result = subprocess.run(
-            [*command, "--cache-dir", os.devnull],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={k: v for k, v in os.environ.items() if k != "MYPYPATH"},
+        report = _mypy(tmp_path, USER_PROGRAM)
+        assert report.startswith("Success: no issues found in 1 source file"), report
+
+    def test_former_names_type_check_and_the_factory_is_marked(
+        self, tmp_path: Path
+    ) -> None:
+        # The constants type-check as ints; the factory is marked deprecated
+        # (PEP 702), which mypy reports with its `deprecated` code enabled.
+        report = _mypy(
+            tmp_path, FORMER_NAMES_PROGRAM, "--enable-error-code", "deprecated"
         )
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout.startswith("Success: no issues found in 1 source file")
+        errors = [line for line in report.splitlines() if ": error: " in line]
+        assert len(errors) == 1, report
+        assert "hidden_reasoning_guard is deprecated" in errors[0]
+        assert "use purpose_bus.create_hidden_reasoning_guard" in errors[0]
+        assert errors[0].endswith("[deprecated]")
+
+    def test_an_unknown_name_is_still_a_type_error(self, tmp_path: Path) -> None:
+        # The former names' __getattr__ is hidden from type checkers.
+        report = _mypy(tmp_path, "from purpose_bus import MAX_NESTNG\n")
+        assert 'Module "purpose_bus" has no attribute "MAX_NESTNG"' in report
 
 
 class TestImport:

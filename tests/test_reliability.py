@@ -306,7 +306,7 @@ class TestCancellationSweep:
             return cancelled
 
         # Replayed events are handed out without a scheduler round trip (up to
-        # YIELD_INTERVAL of them): from outside, only the first receive and the
+        # EVENTS_PER_YIELD of them): from outside, only the first receive and the
         # live waits can be hit; the loop below hits every receive.
         await sweep(lambda steps: scenario(steps, None), at_least=1)
         for own in range(total + 1):

@@ -49,7 +49,7 @@ from purpose_bus import (
     ToolCall,
     ToolResult,
     Visibility,
-    hidden_reasoning_guard,
+    create_hidden_reasoning_guard,
 )
 
 
@@ -395,7 +395,7 @@ class TestHiddenReasoning:
             variant = getattr(key, style)()
         event = ToolResult(run_id="r", name="t", result=[{"x": {variant: SECRET}}])
         async with (
-            EventBus(guards=(hidden_reasoning_guard(keys),), strict=True) as bus,
+            EventBus(guards=(create_hidden_reasoning_guard(keys),), strict=True) as bus,
             bus.subscribe(visibility=Visibility.PRIVATE) as sub,
         ):
             with pytest.raises(EventRejected) as info:

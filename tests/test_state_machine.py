@@ -59,7 +59,7 @@ from strategies import (
 )
 
 from purpose_bus import (
-    YIELD_INTERVAL,
+    EVENTS_PER_YIELD,
     BusClosed,
     Event,
     EventBus,
@@ -430,7 +430,7 @@ class BusMachine(RuleBasedStateMachine):
         self.step()
         self._receive(data, 10**6, wait=False)
 
-    @rule(data=st.data(), max_items=st.integers(1, 8) | st.just(YIELD_INTERVAL))
+    @rule(data=st.data(), max_items=st.integers(1, 8) | st.just(EVENTS_PER_YIELD))
     def receive_batch(self, data: st.DataObject, max_items: int) -> None:
         """Receive a batch (``receive_batch()``): what the model's repeated
         ``receive_nowait()`` gives, up to *max_items*."""
@@ -449,7 +449,7 @@ class BusMachine(RuleBasedStateMachine):
         if isinstance(first, type):  # EndOfStream, ClosedResourceError
             check_received(first, self.call(outcome, sub.receive_batch))
             return
-        # The bounded-yield rule may cut a batch short: at most YIELD_INTERVAL
+        # The bounded-yield rule may cut a batch short: at most EVENTS_PER_YIELD
         # events between two yields to the scheduler.
         limit = min(max_items, may_hand_out)
         while len(expected) < limit:

@@ -21,7 +21,7 @@ from strategies import bus_events, subscribe_kwargs
 
 import purpose_bus._subscription as subscription_module
 from purpose_bus import (
-    YIELD_INTERVAL,
+    EVENTS_PER_YIELD,
     BusClosed,
     Event,
     EventBus,
@@ -45,11 +45,11 @@ def resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 async def cancelled_calls(
     receive: Callable[[], Awaitable[object]], iterate: AsyncIterator[object]
 ) -> int:
-    """Call *receive* in a cancelled scope more than ``2 * YIELD_INTERVAL``
+    """Call *receive* in a cancelled scope more than ``2 * EVENTS_PER_YIELD``
     times, then take a step of *iterate* in one: how many of them raised the
     cancellation (all must)."""
     raised = 0
-    for _ in range(2 * YIELD_INTERVAL + 1):
+    for _ in range(2 * EVENTS_PER_YIELD + 1):
         with anyio.CancelScope() as scope:
             scope.cancel()
             await receive()
@@ -219,8 +219,8 @@ class TestSubscription:
     async def test_receive_is_a_cancellation_point_on_the_fast_path(self) -> None:
         async with EventBus() as bus, bus.subscribe() as sub:
             bus.emit(delta("1"))
-            # More calls than YIELD_INTERVAL: every one of them checks.
-            assert await cancelled_calls(sub.receive, sub) == 2 * YIELD_INTERVAL + 2
+            # More calls than EVENTS_PER_YIELD: every one of them checks.
+            assert await cancelled_calls(sub.receive, sub) == 2 * EVENTS_PER_YIELD + 2
             assert sub.statistics().buffered == 1
             assert texts(drain(sub)) == ["1"]
 
@@ -244,19 +244,19 @@ class TestSubscription:
 
         async with (
             EventBus() as bus,
-            bus.subscribe(buffer_size=YIELD_INTERVAL * windows) as sub,
+            bus.subscribe(buffer_size=EVENTS_PER_YIELD * windows) as sub,
         ):
-            for index in range(YIELD_INTERVAL * windows):
+            for index in range(EVENTS_PER_YIELD * windows):
                 bus.emit(delta(str(index)))
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(counter)
                     for _ in range(windows):
-                        for _ in range(YIELD_INTERVAL):
+                        for _ in range(EVENTS_PER_YIELD):
                             await sub.receive()
                         seen.append(ticks)
                     tg.cancel_scope.cancel()
-        # Every window of YIELD_INTERVAL receives gave the counter a turn (the
+        # Every window of EVENTS_PER_YIELD receives gave the counter a turn (the
         # scheduler may run it just after the window in which it was woken).
         for window, count in enumerate(seen, 1):
             assert count >= window - 1, seen
@@ -696,7 +696,7 @@ class TestReceiveBatch:
         async with EventBus() as bus, bus.subscribe() as sub:
             bus.emit(delta("1"))
             calls = await cancelled_calls(sub.receive_batch, sub.batches())
-            assert calls == 2 * YIELD_INTERVAL + 2
+            assert calls == 2 * EVENTS_PER_YIELD + 2
             assert sub.statistics().buffered == 1
             assert texts(await sub.receive_batch()) == ["1"]
 
@@ -717,7 +717,7 @@ class TestReceiveBatch:
                 ticks += 1
                 await checkpoint()
 
-        total = YIELD_INTERVAL * 5 + 7
+        total = EVENTS_PER_YIELD * 5 + 7
         async with EventBus() as bus, bus.subscribe(buffer_size=total) as sub:
             for index in range(total):
                 bus.emit(delta(str(index)))
@@ -727,26 +727,26 @@ class TestReceiveBatch:
                     handed_out = 0
                     while handed_out < total:
                         # Ask for more than the interval: the bound still holds.
-                        batch = await sub.receive_batch(10 * YIELD_INTERVAL)
-                        assert 1 <= len(batch) <= YIELD_INTERVAL
+                        batch = await sub.receive_batch(10 * EVENTS_PER_YIELD)
+                        assert 1 <= len(batch) <= EVENTS_PER_YIELD
                         handed_out += len(batch)
                         seen.append((handed_out, ticks))
                     tg.cancel_scope.cancel()
-        # Every YIELD_INTERVAL events handed out gave the counter a turn (the
+        # Every EVENTS_PER_YIELD events handed out gave the counter a turn (the
         # scheduler may run it just after the batch in which it was woken, and
         # trio orders the tasks of one scheduler round at random).
         for handed_out, tick in seen:
-            assert tick >= handed_out // YIELD_INTERVAL - 2, seen
-        assert seen[-1][1] >= total // YIELD_INTERVAL - 1
+            assert tick >= handed_out // EVENTS_PER_YIELD - 2, seen
+        assert seen[-1][1] >= total // EVENTS_PER_YIELD - 1
 
     async def test_counts_receive_towards_the_yield_interval(self) -> None:
-        # receive() and receive_batch() share one count: after YIELD_INTERVAL - 4
+        # receive() and receive_batch() share one count: after EVENTS_PER_YIELD - 4
         # receives, a batch hands out at most 4 events before it yields.
-        total = YIELD_INTERVAL + 10
+        total = EVENTS_PER_YIELD + 10
         async with EventBus() as bus, bus.subscribe(buffer_size=total) as sub:
             for index in range(total):
                 bus.emit(delta(str(index)))
-            for _ in range(YIELD_INTERVAL - 4):
+            for _ in range(EVENTS_PER_YIELD - 4):
                 await sub.receive()
             assert len(await sub.receive_batch()) == 4
             assert len(await sub.receive_batch()) == 10
@@ -887,7 +887,7 @@ class TestReceiveBatchProperty:
             st.one_of(
                 *[bus_events(classes=(MessageDelta, Log))] * 6,
                 bus_events(),
-                st.integers(1, 6) | st.just(YIELD_INTERVAL),
+                st.integers(1, 6) | st.just(EVENTS_PER_YIELD),
             ),
             max_size=80,
         ),
