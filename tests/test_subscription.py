@@ -4,6 +4,8 @@ ends, closing, leaks, fairness and cancellation."""
 from __future__ import annotations
 
 import gc
+import math
+import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
@@ -13,13 +15,20 @@ import anyio
 import anyio.abc
 import attrs
 import pytest
+import trio
 from anyio.lowlevel import checkpoint
-from helpers import all_tasks_blocked, cancelled_while_waiting, delta, drain, texts
+from helpers import (
+    all_tasks_blocked,
+    calls_made,
+    cancelled_while_waiting,
+    delta,
+    drain,
+    texts,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import bus_events, subscribe_kwargs
 
-import purpose_bus._subscription as subscription_module
 from purpose_bus import (
     EVENTS_PER_YIELD,
     BusClosed,
@@ -35,7 +44,6 @@ from purpose_bus import (
     Subscription,
     SubscriptionStatistics,
 )
-from purpose_bus._sender import OverflowSender
 
 
 def resource_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
@@ -93,6 +101,98 @@ async def closed_while_waiting(
 
     _, received = await received_when_woken(receive_until_closed, sub.close)
     return [item for item in received if isinstance(item, BaseException)]
+
+
+async def act_in_its_yield(
+    receive: Callable[[], Awaitable[object]], act: Callable[[], object]
+) -> list[object]:
+    """Call *receive* in a task when nothing is ready, and call *act* (which may
+    emit, cancel, ...) right after the receiver's first scheduler step, in which
+    it looks, finds nothing and makes the one yield it makes before it waits;
+    return what *receive* returned (nothing, if it was cancelled).
+
+    Deterministic on every backend, through the schedulers' public behaviour
+    alone. On asyncio and uvloop, tasks run in the order they became ready: the
+    receiver and then a publisher task are woken in one step; the receiver's
+    yield puts it behind the publisher, which acts. Trio runs each batch of
+    ready tasks in a random order (while hypothesis is imported, as it is
+    here, a full shuffle; else that order or its reverse), so a publisher in
+    the receiver's batch runs after it only half the time: there a
+    :class:`trio.abc.Instrument`, whose ``after_task_step`` trio calls between
+    one task's step and the next, acts once the receiver's step is over."""
+    received: list[object] = []
+    errors: list[BaseException] = []
+    looked = acted = False
+
+    def act_once() -> None:
+        nonlocal acted
+        if looked and not acted:
+            acted = True
+            try:
+                assert received == []  # it is in its yield, and has taken nothing
+                act()
+            except BaseException as exc:  # an instrument's exception is not raised
+                errors.append(exc)
+
+    async def receiver(go: anyio.Event) -> None:
+        nonlocal looked
+        await go.wait()
+        looked = True  # nothing between here and its first yield yields
+        received.append(await receive())
+
+    async def publisher(go: anyio.Event) -> None:
+        await go.wait()
+        act_once()
+
+    class AfterItsFirstStep(trio.abc.Instrument):
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            act_once()
+
+    on_trio = trio.lowlevel.in_trio_task()
+    tasks = [receiver] if on_trio else [receiver, publisher]
+    gates = [anyio.Event() for _ in tasks]
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for task, go in zip(tasks, gates, strict=True):
+                tg.start_soon(task, go)
+            await all_tasks_blocked()
+            instrument = AfterItsFirstStep()
+            if on_trio:
+                trio.lowlevel.add_instrument(instrument)
+            try:
+                for go in gates:
+                    go.set()
+                await all_tasks_blocked()
+            finally:
+                if on_trio:
+                    trio.lowlevel.remove_instrument(instrument)
+    if errors:
+        raise errors[0]
+    assert acted
+    return received
+
+
+def emit_from_a_thread(bus: EventBus, event: Event) -> None:
+    """``bus.emit(event)`` in another thread, waited for: the event is handed
+    off (the loop accepts it when the bus's hand-off task next runs)."""
+    errors: list[BaseException] = []
+
+    def emit() -> None:
+        try:
+            bus.emit(event)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=emit, daemon=True)
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert errors == []
+
+
+def as_list(received: object) -> list[Event]:
+    """What ``receive`` (one event) or ``receive_batch`` (a list) returned."""
+    return received if isinstance(received, list) else [received]  # type: ignore[list-item]
 
 
 class TestSubscription:
@@ -293,65 +393,132 @@ class TestSubscription:
     @pytest.mark.parametrize("method", ["receive", "receive_batch"])
     @pytest.mark.parametrize("after", ["nothing", "a ready event", "a wait"])
     async def test_with_nothing_ready_it_yields_once_and_looks_again_before_waiting(
-        self, method: str, after: str, monkeypatch: pytest.MonkeyPatch
+        self, method: str, after: str
     ) -> None:
-        # What a publisher that was ready to run emits during that one yield is
-        # taken without setting up a wait and a wake-up, whatever came before.
-        waits: list[OverflowSender] = []
-        real_wait = OverflowSender.wait
-
-        async def counted_wait(sender: OverflowSender) -> None:
-            waits.append(sender)
-            await real_wait(sender)
-
-        monkeypatch.setattr(OverflowSender, "wait", counted_wait)
+        # What a task that was ready to run emits during that one yield is
+        # taken without a wait and a wake-up, whatever came before: the emit
+        # costs exactly what an emit costs when no receive is waiting. (The
+        # wake-up is all that tells the two apart: either way the receiver gets
+        # the event one scheduler pass later.)
         async with EventBus() as bus, bus.subscribe() as sub:
             receive = getattr(sub, method)
+            bus.emit(delta("warm-up"))  # the first emit of a class costs more
+            drain(sub)
+            event = delta("0")
+            idle = calls_made(lambda: bus.emit(event))
+            drain(sub)
             if after == "a ready event":
-                bus.emit(delta("0"))
+                bus.emit(delta("ready"))
                 await receive()
             elif after == "a wait":
-                await received_when_woken(receive, lambda: bus.emit(delta("0")))
-            waits.clear()
-
-            async def a_publisher_runs() -> None:
-                bus.emit(delta("1"))
-                await checkpoint()
-
-            monkeypatch.setattr(subscription_module, "checkpoint", a_publisher_runs)
-            with anyio.fail_after(5):
-                got = await receive()
-            monkeypatch.setattr(subscription_module, "checkpoint", checkpoint)
-            assert texts(got if isinstance(got, list) else [got]) == ["1"]
-            assert waits == []
-            # Nothing arrives during the yield: then it waits, and is woken.
+                await received_when_woken(receive, lambda: bus.emit(delta("woken")))
+            costs: list[int] = []
+            event = delta("1")
+            got = await act_in_its_yield(
+                receive, lambda: costs.append(calls_made(lambda: bus.emit(event)))
+            )
+            assert [texts(as_list(item)) for item in got] == [["1"]]
+            assert costs == [idle]
+            # Nothing arrives during the yield: then it waits, and the emit
+            # that ends the wait pays for the wake-up.
+            event = delta("2")
             before, received = await received_when_woken(
-                receive, lambda: bus.emit(delta("2"))
+                receive, lambda: costs.append(calls_made(lambda: bus.emit(event)))
             )
             assert before == []
-            assert len(received) == 1
-            assert len(waits) == 1
+            assert [texts(as_list(item)) for item in received] == [["2"]]
+            assert costs[1] > idle, costs
 
     @pytest.mark.parametrize("method", ["receive", "receive_batch"])
-    async def test_cancelled_in_that_yield_it_loses_nothing(
-        self, method: str, monkeypatch: pytest.MonkeyPatch
+    @pytest.mark.parametrize("when", ["before the call", "in its yield", "waiting"])
+    @pytest.mark.parametrize(
+        "actions",
+        [
+            ("emit",),
+            ("thread emit",),
+            ("cancel",),
+            ("emit", "cancel"),
+            ("cancel", "emit"),
+            ("emit", "deadline"),
+            ("deadline", "emit"),
+            ("thread emit", "cancel"),
+            ("cancel", "thread emit"),
+        ],
+        ids=" then ".join,
+    )
+    async def test_cancelled_whenever_an_event_arrives_it_loses_nothing(
+        self, method: str, when: str, actions: tuple[str, ...]
     ) -> None:
-        async with EventBus() as bus, bus.subscribe() as sub:
-            with anyio.CancelScope() as scope:
+        # A receive in a cancel scope; at one moment (before the call, during
+        # its one yield before waiting, or while it waits) one step emits an
+        # event (on the loop, or from a thread: accepted later, by the bus's
+        # hand-off task) and cancels the scope (or moves its deadline into the
+        # past), in either order. Whatever the interleaving, the event is
+        # either returned, or still buffered and received next.
+        emits = sum(action.endswith("emit") for action in actions)
+        cancels = len(actions) - emits
+        async with (
+            EventBus() as bus,
+            bus.subscribe() as sub,
+            bus.subscribe() as watch,  # sees when a thread's event is accepted
+        ):
+            receive = getattr(sub, method)
+            scope = anyio.CancelScope()
 
-                async def cancelled_yield() -> None:
-                    bus.emit(delta("1"))
-                    scope.cancel()
-                    await checkpoint()
+            def act() -> None:
+                for action in actions:
+                    if action == "emit":
+                        bus.emit(delta("x"))
+                    elif action == "thread emit":
+                        emit_from_a_thread(bus, delta("x"))
+                    elif action == "cancel":
+                        scope.cancel()
+                    else:
+                        scope.deadline = -math.inf
 
-                monkeypatch.setattr(subscription_module, "checkpoint", cancelled_yield)
-                with anyio.fail_after(5):
-                    await getattr(sub, method)()
-            monkeypatch.undo()
-            assert scope.cancelled_caught
-            stats = sub.statistics()
-            assert (stats.buffered, stats.delivered) == (1, 0)
-            assert texts(drain(sub)) == ["1"]
+            async def receiver() -> None:
+                with scope:
+                    got.extend(as_list(await receive()))
+                    returned.append(True)
+
+            got: list[Event] = []
+            returned: list[bool] = []
+            with anyio.fail_after(5):
+                if when == "in its yield":
+                    await act_in_its_yield(receiver, act)
+                else:
+                    async with anyio.create_task_group() as tg:
+                        if when == "before the call":
+                            act()
+                        tg.start_soon(receiver)
+                        if when == "waiting":
+                            await all_tasks_blocked()
+                            assert returned == []  # it waits
+                            act()
+                for _ in range(emits):
+                    await watch.receive()
+                stats = sub.statistics()
+                assert (stats.matched, stats.dropped) == (emits, 0)
+                assert stats.delivered + stats.buffered == stats.matched
+                if returned:
+                    assert texts(got) == ["x"]
+                    assert (stats.delivered, stats.buffered) == (1, 0)
+                else:
+                    assert scope.cancelled_caught
+                    assert (stats.delivered, stats.buffered) == (0, emits)
+                # What it did not return is received next, before what follows.
+                bus.emit(delta("next"))
+                while texts(got)[-1:] != ["next"]:
+                    got.extend(as_list(await receive()))
+            assert texts(got) == ["x"] * emits + ["next"]
+            assert sub.statistics().delivered == emits + 1
+        # Where the outcome is not left open, it is the one expected: without
+        # a cancellation it returns; without an event, or in a scope cancelled
+        # before the call (it is always a cancellation point), it raises.
+        if not cancels:
+            assert returned
+        if not emits or (cancels and when == "before the call"):
+            assert not returned
 
     # -- how it ends ----------------------------------------------------------
 
