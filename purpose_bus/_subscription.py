@@ -122,7 +122,6 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         "_replay",
         "_seam",
         "_streak",
-        "_take",
         "_thread",
     )
 
@@ -141,7 +140,6 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         self._seam = seam
         self._filter = flt
         self._buffer = OverflowSender(buffer_size, overflow, gap_events)
-        self._take = self._buffer.take
         self._replay = replay
         self._after = after
         self._name = name
@@ -296,12 +294,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
             raise self._foreign(exc) from exc
         try:
             try:
-                # receive_nowait(), inlined: the per-event hot path.
-                if _get_ident() != self._thread:
-                    raise RuntimeError(wrong_thread("receiving"))
-                if self._reader is None:
-                    return self._take()  # type: ignore[return-value]
-                return self._take_replayed()  # type: ignore[return-value]
+                return self.receive_nowait()
             except anyio.WouldBlock:
                 return await self._when_ready(self.receive_nowait)
         except anyio.EndOfStream:
