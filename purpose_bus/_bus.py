@@ -4,7 +4,6 @@ the subscriptions whose filters match."""
 from __future__ import annotations
 
 import enum
-import functools
 import itertools
 import logging
 import threading
@@ -565,6 +564,8 @@ class EventBus:
         return Subscription._create(self._seam, flt, **options)
 
     def _go_live(self, subscription: Subscription[Event]) -> None:
+        """Move *subscription* from the replay index to the live one (or end
+        it, if the bus is closing or its run has ended)."""
         registered = self._subscriptions[subscription]
         if registered.reader is not None:
             self._replaying.remove(registered.reader)
@@ -759,9 +760,7 @@ class BusSeam:
             return None
         history = bus._history
         cursor = max(after or 0, history.oldest - 1)
-        reader = ReplayReader(
-            history, flt, buffer, cursor, functools.partial(bus._go_live, subscription)
-        )
+        reader = ReplayReader(self, subscription, flt, buffer, cursor)
         if after is not None and after < cursor:
             # History no longer reaches back to the cursor: count what is missing.
             lanes = flt.lane_ids
@@ -783,6 +782,13 @@ class BusSeam:
         registered.reader = reader
         bus._replaying.add(reader, flt, buffer)
         return reader
+
+    def go_live(self, subscription: Subscription[Event]) -> None:
+        """*subscription*'s replay reader has read everything history holds
+        for it: move it from the replay index to the live one, in this loop
+        step, so that no event falls between (or end its buffer, if the bus is
+        closing or its run has ended)."""
+        self._bus._go_live(subscription)
 
     def unregister(self, subscription: Subscription[Event]) -> None:
         """Forget *subscription* (closed): nothing more goes to its buffer; its

@@ -8,7 +8,8 @@ holds for it. Events history evicts before the reader reached them are lost,
 counted, and announced after what was read ahead. The reader owns the cursor,
 the events read ahead, the pending loss notice and the switch; the bus drives it
 through :meth:`ReplayReader.lost` (an eviction it has not read) and the
-subscription through :meth:`ReplayReader.take` and :meth:`ReplayReader.discard`.
+subscription through :meth:`ReplayReader.take` and :meth:`ReplayReader.discard`,
+and it asks the bus for the switch through the seam (:meth:`BusSeam.go_live`).
 Its counts go to the subscription's buffer, which owns the accounting.
 
 Everything here runs on the bus's event loop thread.
@@ -17,12 +18,15 @@ Everything here runs on the bus's event loop thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._events import Event
 from ._filters import EventFilter
-from ._history import History
 from ._sender import Gap, OverflowSender
+
+if TYPE_CHECKING:
+    from ._bus import BusSeam
+    from ._subscription import Subscription
 
 __all__ = ["READ_AHEAD", "ReplayReader"]
 
@@ -31,32 +35,37 @@ READ_AHEAD = 64
 
 
 class ReplayReader:
-    """Reads one subscription's matching history from a cursor, then calls
-    *go_live* (once) when it has read everything history holds for it."""
+    """Reads one subscription's matching history from a cursor, then asks the
+    bus to switch it to live events (:meth:`BusSeam.go_live`, once) when it has
+    read everything history holds for it."""
 
     __slots__ = (
         "_buffer",
         "_cursor",
         "_filter",
         "_gap",
-        "_go_live",
         "_history",
+        "_live",
+        "_owner",
         "_read",
+        "_seam",
     )
 
     def __init__(
         self,
-        history: History,
+        seam: BusSeam,
+        owner: Subscription[Event],
         flt: EventFilter,
         buffer: OverflowSender,
         cursor: int,
-        go_live: Callable[[], None],
     ) -> None:
-        self._history = history
+        self._seam = seam
+        self._owner = owner
+        self._history = seam.history
         self._filter = flt
         self._buffer = buffer
         self._cursor = cursor
-        self._go_live: Callable[[], None] | None = go_live
+        self._live = False
         self._read: deque[Event] = deque()
         self._gap: Gap | None = None
 
@@ -68,7 +77,7 @@ class ReplayReader:
     @property
     def live(self) -> bool:
         """Whether the reader has switched to live events (it is done)."""
-        return self._go_live is None
+        return self._live
 
     def lost(self, gap: Gap) -> None:
         """The ``gap.count`` matching events of *gap* left history (or were
@@ -84,7 +93,7 @@ class ReplayReader:
         """The next replayed event or loss notice; ``None`` once the reader has
         switched to live (take from the buffer then)."""
         read = self._read
-        while self._go_live is not None:
+        while not self._live:
             if read:
                 self._buffer.hand_out_read()
                 event = read.popleft()
@@ -105,12 +114,11 @@ class ReplayReader:
         is discarded) and stop: the subscription was closed."""
         self._read.clear()
         self._gap = None
-        self._go_live = None
+        self._live = True
 
     def _switch(self) -> None:
-        go_live, self._go_live = self._go_live, None
-        assert go_live is not None
-        go_live()
+        self._live = True
+        self._seam.go_live(self._owner)
 
     def _read_more(self) -> bool:
         """Read up to :data:`READ_AHEAD` matching events; whether any were."""
