@@ -26,7 +26,7 @@ from purpose_bus import (
     Visibility,
 )
 from purpose_bus._bus import bus_seam
-from purpose_bus._remote import MergedReplay, ReplaySource
+from purpose_bus._remote import ReplaySource
 
 PRIVATE = Visibility.PRIVATE
 
@@ -82,17 +82,23 @@ async def elsewhere(*events: Event) -> list[Event]:
 class TestWhenASourceIsUsed:
     async def test_only_run_scoped_replays_without_after(self) -> None:
         async with EventBus() as bus:
-            remove = add_source(bus, Source())
-            assert isinstance(bus.subscribe(run_id="r1", replay=True), MergedReplay)
+            source = Source()
+            remove = add_source(bus, source)
+            async with bus.subscribe(run_id="r1", replay=True):
+                assert source.asked == ["r1"]
             for sub in [
                 bus.subscribe(run_id="r1"),
                 bus.subscribe(replay=True),
                 bus.subscribe(run_id=["r1", "r2"], replay=True),
                 bus.subscribe(run_id="r1", replay=True, after=0),
             ]:
-                assert type(sub) is Subscription
+                async with sub:
+                    pass
+            assert source.asked == ["r1"]
             remove()
-            assert type(bus.subscribe(run_id="r1", replay=True)) is Subscription
+            async with bus.subscribe(run_id="r1", replay=True):
+                pass
+            assert source.asked == ["r1"]
 
     async def test_a_source_added_after_subscribe_is_not_asked(self) -> None:
         """Only subscriptions made and entered while a source is registered
