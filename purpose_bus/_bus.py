@@ -59,6 +59,12 @@ class _State(enum.Enum):
     CLOSED = "closed"  # every subscription ended
 
 
+# The states as module constants: on Python 3.11 reading an enum member off its
+# class (``_State.OPEN``) costs ten times a global lookup, and every emit checks
+# that the bus is open.
+_NEW, _OPEN, _CLOSING, _CLOSED = _State.NEW, _State.OPEN, _State.CLOSING, _State.CLOSED
+
+
 class _Registered:
     """What the bus holds for an entered subscription."""
 
@@ -120,7 +126,7 @@ class EventBus:
                 raise TypeError(f"guards must be callables, not {guard!r}")
         self._strict = bool(strict)
         self._max_runs = count("max_runs", max_runs, 1)
-        self._state = _State.NEW
+        self._state = _NEW
         self._task_group: TaskGroup | None = None
         self._loop_thread: int | None = None
         self._offset = 0
@@ -146,14 +152,14 @@ class EventBus:
 
         :raises RuntimeError: if the bus was opened before
         """
-        if self._state is not _State.NEW:
+        if self._state is not _NEW:
             raise RuntimeError("an EventBus can be opened only once")
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         self._loop_thread = threading.get_ident()
         self._handoff.open(task_group)
-        self._state = _State.OPEN
+        self._state = _OPEN
         return self
 
     async def __aexit__(
@@ -187,13 +193,13 @@ class EventBus:
             the bus's
         """
         self._check_loop("aclose()")
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             await checkpoint()
             return
-        self._state = _State.CLOSING
+        self._state = _CLOSING
         with anyio.CancelScope(shield=True):
             await self._handoff.close()
-        self._state = _State.CLOSED
+        self._state = _CLOSED
         for registered in self._subscriptions.values():
             registered.buffer.end()
         self._index.clear()
@@ -203,7 +209,7 @@ class EventBus:
     @property
     def closed(self) -> bool:
         """Whether the bus has been closed (or is closing)."""
-        return self._state in (_State.CLOSING, _State.CLOSED)
+        return self._state in (_CLOSING, _CLOSED)
 
     # -- emitting -------------------------------------------------------------
 
@@ -316,9 +322,7 @@ class EventBus:
         while True:
             if self._ended_run(event, strict):
                 return None
-            full = (
-                None if self._state is not _State.OPEN else self._full_blocking(event)
-            )
+            full = None if self._state is not _OPEN else self._full_blocking(event)
             if full is None:
                 return self._accept(event)
             await full.wait_for_room()
@@ -376,11 +380,9 @@ class EventBus:
             raise RuntimeError(wrong_thread(action))
 
     def _check_open(self) -> None:
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             raise BusClosed(
-                "the bus is not open"
-                if self._state is _State.NEW
-                else "the bus is closed"
+                "the bus is not open" if self._state is _NEW else "the bus is closed"
             )
 
     def _guarded(self, event: Event, strict: bool = True) -> Event | None:
@@ -570,7 +572,7 @@ class EventBus:
             self._replaying.remove(registered.reader)
             registered.reader = None
         run_id = registered.filter.single_run
-        if self._state is not _State.OPEN or (
+        if self._state is not _OPEN or (
             run_id is not None and run_id in self._finished
         ):
             registered.buffer.end()
