@@ -40,6 +40,7 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import evolve
+from backends import backend_word, run_source
 from coredis.exceptions import RedisError
 from hypothesis import given
 from hypothesis import strategies as st
@@ -272,15 +273,18 @@ class Worker:
     @classmethod
     @asynccontextmanager
     async def run(
-        cls, url: str, prefix: str, backend: str, directory: Path
+        cls, url: str, prefix: str, anyio_backend: object, directory: Path
     ) -> AsyncIterator[Worker]:
+        """A worker on the test's backend (uvloop when the test runs on it)."""
         log = directory / f"worker-{uuid.uuid4().hex[:8]}.log"
+        backend = backend_word(anyio_backend)
         command = [sys.executable, str(WORKER), url, prefix, backend]
         with log.open("wb") as stderr:
             async with await anyio.open_process(command, stderr=stderr) as process:
                 worker = cls(process, log)
                 try:
                     worker.hello = await worker.read()
+                    assert worker.hello["backend"] == backend
                     yield worker
                     assert await worker.request({"op": "exit"}) == {"closed": True}
                     with anyio.fail_after(10):
@@ -313,13 +317,13 @@ class Worker:
 
 class TestAcrossProcesses:
     async def test_two_workers_events_arrive_once_in_lane_order(
-        self, redis_url: str, prefix: str, anyio_backend_name: str, tmp_path: Path
+        self, redis_url: str, prefix: str, anyio_backend: object, tmp_path: Path
     ) -> None:
         async with (
             node(redis_url, prefix) as (bus, bridge),
             bus.subscribe(buffer_size=100_000) as sub,
-            Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as one,
-            Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as two,
+            Worker.run(redis_url, prefix, anyio_backend, tmp_path) as one,
+            Worker.run(redis_url, prefix, anyio_backend, tmp_path) as two,
         ):
             answers: dict[str, Any] = {}
 
@@ -361,12 +365,12 @@ class TestAcrossProcesses:
             assert (await one.request({"op": "stats"}))["history"]["run-1"] == 302
 
     async def test_a_late_joiner_in_a_new_process_replays_a_finished_run(
-        self, redis_url: str, prefix: str, anyio_backend_name: str, tmp_path: Path
+        self, redis_url: str, prefix: str, anyio_backend: object, tmp_path: Path
     ) -> None:
-        async with Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as one:
+        async with Worker.run(redis_url, prefix, anyio_backend, tmp_path) as one:
             command = {"op": "emit", "run": "done", "lanes": ["a", "b"], "count": 50}
             emitted = await one.request(command | {"start": True, "finish": True})
-        async with Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as two:
+        async with Worker.run(redis_url, prefix, anyio_backend, tmp_path) as two:
             replayed = await two.request({"op": "replay", "run": "done"})
         assert replayed["replay"] == emitted
         assert replayed["subscribe"] == emitted
@@ -374,13 +378,13 @@ class TestAcrossProcesses:
             assert described(await bridge.replay(run_id="done")) == emitted
 
     async def test_killed_connections_mid_stream_resume_without_loss_or_duplicate(
-        self, redis_url: str, prefix: str, anyio_backend_name: str, tmp_path: Path
+        self, redis_url: str, prefix: str, anyio_backend: object, tmp_path: Path
     ) -> None:
         async with (
             raw_client(redis_url) as raw,
             node(redis_url, prefix) as (bus, bridge),
             bus.subscribe(run_id="k", buffer_size=100_000) as sub,
-            Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as worker,
+            Worker.run(redis_url, prefix, anyio_backend, tmp_path) as worker,
         ):
             command = {"op": "emit", "run": "k", "lanes": ["a", "b"]}
             first = await worker.request(command | {"count": 200, "start": True})
@@ -1573,11 +1577,8 @@ class TestReadmeExample:
         ]
         code = code.replace('"redis://localhost:6379/0"', repr(redis_url))
         code = code.replace('prefix="myapp"', f"prefix={prefix!r}")
-        name, options = (
-            anyio_backend if isinstance(anyio_backend, tuple) else (anyio_backend, {})
-        )
-        run = f"anyio.run(main, backend={name!r}, backend_options={options!r})"
-        code = code.replace("anyio.run(main)", run)
+        assert code.count("anyio.run(main)") == 1
+        code = code.replace("anyio.run(main)", run_source(anyio_backend))
         with anyio.fail_after(60):
             result = await anyio.run_process([sys.executable, "-c", code], check=False)
         assert result.returncode == 0, result.stderr.decode()
