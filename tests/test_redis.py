@@ -37,7 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import coredis
 import pytest
-from anyio.abc import Process
+from anyio.abc import Process, SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import evolve
 from backends import backend_word, run_source
@@ -204,6 +204,48 @@ async def node(
 async def raw_client(url: str) -> AsyncIterator[coredis.Redis[str]]:
     async with coredis.Redis.from_url(url, decode_responses=True) as client:
         yield client
+
+
+@asynccontextmanager
+async def losing_a_script_reply(url: str) -> AsyncIterator[tuple[str, anyio.Event]]:
+    """A TCP proxy to the Redis at *url*; yields its URL and an event set once
+    it has lost a reply: on the first connection that sends ``EVALSHA`` (the
+    writer's script), it passes the request on, so Redis runs it, then closes
+    the connection instead of passing the reply back."""
+    parts = urlsplit(url)
+    lost = anyio.Event()
+
+    async def relay(client: SocketStream) -> None:
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+        async with client, await anyio.connect_tcp(host, port) as server:
+            script_sent = anyio.Event()
+
+            async def up() -> None:
+                async for data in client:
+                    if not lost.is_set() and b"evalsha" in data.lower():
+                        script_sent.set()
+                    await server.send(data)
+                tg.cancel_scope.cancel()
+
+            async def down() -> None:
+                async for data in server:
+                    if script_sent.is_set() and not lost.is_set():
+                        lost.set()
+                        break
+                    await client.send(data)
+                tg.cancel_scope.cancel()
+
+            with contextlib.suppress(anyio.BrokenResourceError):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(up)
+                    tg.start_soon(down)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as serving:
+        serving.start_soon(listener.serve, relay)
+        yield urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}")), lost
+        serving.cancel_scope.cancel()
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -449,21 +491,35 @@ class TestResume:
     async def test_a_batch_sent_again_is_applied_once(
         self, redis_url: str, prefix: str
     ) -> None:
+        """Redis applies a batch but its reply is lost on the way back: the
+        writer cannot tell it from a batch never applied, sends it again, and
+        the script skips it (each entry is written once)."""
         async with (
             raw_client(redis_url) as raw,
-            node(redis_url, prefix) as (bus, bridge),
+            losing_a_script_reply(redis_url) as (url, lost),
+            node(url, prefix) as (bus, bridge),
+            node(redis_url, prefix) as (other, _),
+            other.subscribe(run_id="r") as sub,
         ):
-            events = [stamped(Log(run_id="r", message=str(i)), i, i) for i in (1, 2)]
-            bridge._pending.extend(events)
-            batches, taken = bridge._prepare()
-            assert taken == 2
-            await bridge._send(batches, 0, anyio.Event())
-            await bridge._send(batches, 0, anyio.Event())  # as after a lost reply
+            bus.emit(Log(run_id="r", message="1"))
+            bus.emit(Log(run_id="r", message="2"))
+            with anyio.fail_after(20):
+                await bridge.flush()
+            assert lost.is_set()  # applied, then its reply lost
+            stats = bridge.statistics()
+            assert (stats.reconnects, stats.exported) == (1, 2)
             assert await raw.xlen(bridge.feed_key("r")) == 2
             assert await raw.xlen(bridge.run_key("r")) == 2
             bus.emit(Log(run_id="r", message="next"))  # the next batch goes in
-            await bridge.flush()
+            with anyio.fail_after(20):
+                await bridge.flush()
+                received = await receive(sub, 3)
             assert await raw.xlen(bridge.feed_key("r")) == 3
+            assert [e.message for e in received if isinstance(e, Log)] == [
+                "1",
+                "2",
+                "next",
+            ]
 
     async def test_the_reader_resumes_after_its_blocked_read_is_killed(
         self, redis_url: str, prefix: str
