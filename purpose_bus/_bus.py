@@ -31,7 +31,7 @@ from ._sender import Gap, OverflowSender, offer_each
 from ._statistics import BusStatistics
 from ._subscription import Subscription, wrong_thread
 from ._threads import ThreadHandoff
-from ._validate import count, overflow_policy
+from ._validate import callables, count, flag, overflow_policy, text
 
 __all__ = ["BusSeam", "EventBus", "bus_seam"]
 
@@ -99,6 +99,9 @@ class EventBus:
     :param max_runs: how many unfinished runs keep their seq counters (the least
         recently used are forgotten past it), and how many finished runs are
         remembered to reject their late events
+    :raises TypeError: for an argument of the wrong type (a size that is not an
+        int, *guards* that is not a collection of callables, *strict* that is
+        not a bool)
     :raises ValueError: for a size out of range or an unknown overflow policy
     """
 
@@ -120,11 +123,8 @@ class EventBus:
         self._handoff = ThreadHandoff(
             self._seam, count("thread_buffer_size", thread_buffer_size, 1)
         )
-        self._guards = tuple(guards)
-        for guard in self._guards:
-            if not callable(guard):
-                raise TypeError(f"guards must be callables, not {guard!r}")
-        self._strict = bool(strict)
+        self._guards: tuple[Guard, ...] = callables("guards", guards)
+        self._strict = flag("strict", strict)
         self._max_runs = count("max_runs", max_runs, 1)
         self._state = _NEW
         self._task_group: TaskGroup | None = None
@@ -539,7 +539,9 @@ class EventBus:
         :param gap_events: receive an :class:`EventsDropped` notice before the
             next event that follows a loss
         :param name: a name for its statistics
-        :raises TypeError: for a filter value of the wrong type
+        :raises TypeError: for an argument of the wrong type (a filter value, a
+            size that is not an int, *replay* or *gap_events* not a bool, *name*
+            not a str)
         :raises ValueError: for a size out of range, an empty filter collection,
             an unknown kind string or an unknown policy
         :raises RuntimeError: if called from a thread (or event loop) other than
@@ -557,10 +559,12 @@ class EventBus:
             "overflow": self._overflow
             if overflow is None
             else overflow_policy(overflow),
-            "gap_events": bool(gap_events),
-            "replay": bool(replay),
+            "gap_events": flag("gap_events", gap_events),
+            "replay": flag("replay", replay),
             "after": after,
-            "name": name if name is not None else f"subscription-{next(self._names)}",
+            "name": text("name", name)
+            if name is not None
+            else f"subscription-{next(self._names)}",
         }
         if replay and after is None and flt.single_run and self._replay_sources:
             return MergedReplay._create(self._seam, flt, **options)
