@@ -30,7 +30,7 @@ from ._sender import Gap, OverflowSender, offer_each
 from ._statistics import BusStatistics
 from ._subscription import Subscription, wrong_thread
 from ._threads import ThreadHandoff
-from ._validate import count, overflow_policy
+from ._validate import callables, count, flag, overflow_policy, text
 
 __all__ = ["BusSeam", "EventBus", "bus_seam"]
 
@@ -56,6 +56,12 @@ class _State(enum.Enum):
     OPEN = "open"  # accepting events
     CLOSING = "closing"  # refusing new events, delivering what threads handed off
     CLOSED = "closed"  # every subscription ended
+
+
+# The states as module constants: on Python 3.11 reading an enum member off its
+# class (``_State.OPEN``) costs ten times a global lookup, and every emit checks
+# that the bus is open.
+_NEW, _OPEN, _CLOSING, _CLOSED = _State.NEW, _State.OPEN, _State.CLOSING, _State.CLOSED
 
 
 class _Registered:
@@ -92,6 +98,9 @@ class EventBus:
     :param max_runs: how many unfinished runs keep their seq counters (the least
         recently used are forgotten past it), and how many finished runs are
         remembered to reject their late events
+    :raises TypeError: for an argument of the wrong type (a size that is not an
+        int, *guards* that is not a collection of callables, *strict* that is
+        not a bool)
     :raises ValueError: for a size out of range or an unknown overflow policy
     """
 
@@ -113,13 +122,10 @@ class EventBus:
         self._handoff = ThreadHandoff(
             self._seam, count("thread_buffer_size", thread_buffer_size, 1)
         )
-        self._guards = tuple(guards)
-        for guard in self._guards:
-            if not callable(guard):
-                raise TypeError(f"guards must be callables, not {guard!r}")
-        self._strict = bool(strict)
+        self._guards: tuple[Guard, ...] = callables("guards", guards)
+        self._strict = flag("strict", strict)
         self._max_runs = count("max_runs", max_runs, 1)
-        self._state = _State.NEW
+        self._state = _NEW
         self._task_group: TaskGroup | None = None
         self._loop_thread: int | None = None
         self._offset = 0
@@ -145,14 +151,14 @@ class EventBus:
 
         :raises RuntimeError: if the bus was opened before
         """
-        if self._state is not _State.NEW:
+        if self._state is not _NEW:
             raise RuntimeError("an EventBus can be opened only once")
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
         self._loop_thread = threading.get_ident()
         self._handoff.open(task_group)
-        self._state = _State.OPEN
+        self._state = _OPEN
         return self
 
     async def __aexit__(
@@ -186,13 +192,13 @@ class EventBus:
             the bus's
         """
         self._check_loop("aclose()")
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             await checkpoint()
             return
-        self._state = _State.CLOSING
+        self._state = _CLOSING
         with anyio.CancelScope(shield=True):
             await self._handoff.close()
-        self._state = _State.CLOSED
+        self._state = _CLOSED
         for registered in self._subscriptions.values():
             registered.buffer.end()
         self._index.clear()
@@ -202,7 +208,7 @@ class EventBus:
     @property
     def closed(self) -> bool:
         """Whether the bus has been closed (or is closing)."""
-        return self._state in (_State.CLOSING, _State.CLOSED)
+        return self._state in (_CLOSING, _CLOSED)
 
     # -- emitting -------------------------------------------------------------
 
@@ -315,9 +321,7 @@ class EventBus:
         while True:
             if self._ended_run(event, strict):
                 return None
-            full = (
-                None if self._state is not _State.OPEN else self._full_blocking(event)
-            )
+            full = None if self._state is not _OPEN else self._full_blocking(event)
             if full is None:
                 return self._accept(event)
             await full.wait_for_room()
@@ -375,11 +379,9 @@ class EventBus:
             raise RuntimeError(wrong_thread(action))
 
     def _check_open(self) -> None:
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             raise BusClosed(
-                "the bus is not open"
-                if self._state is _State.NEW
-                else "the bus is closed"
+                "the bus is not open" if self._state is _NEW else "the bus is closed"
             )
 
     def _guarded(self, event: Event, strict: bool = True) -> Event | None:
@@ -536,7 +538,9 @@ class EventBus:
         :param gap_events: receive an :class:`EventsDropped` notice before the
             next event that follows a loss
         :param name: a name for its statistics
-        :raises TypeError: for a filter value of the wrong type
+        :raises TypeError: for an argument of the wrong type (a filter value, a
+            size that is not an int, *replay* or *gap_events* not a bool, *name*
+            not a str)
         :raises ValueError: for a size out of range, an empty filter collection,
             an unknown kind string or an unknown policy
         :raises RuntimeError: if called from a thread (or event loop) other than
@@ -554,10 +558,12 @@ class EventBus:
             "overflow": self._overflow
             if overflow is None
             else overflow_policy(overflow),
-            "gap_events": bool(gap_events),
-            "replay": bool(replay),
+            "gap_events": flag("gap_events", gap_events),
+            "replay": flag("replay", replay),
             "after": after,
-            "name": name if name is not None else f"subscription-{next(self._names)}",
+            "name": text("name", name)
+            if name is not None
+            else f"subscription-{next(self._names)}",
             # Reach into the replay sources (those open when it is entered)?
             "merge": bool(
                 replay and after is None and flt.single_run and self._replay_sources
@@ -573,7 +579,7 @@ class EventBus:
             self._replaying.remove(registered.reader)
             registered.reader = None
         run_id = registered.filter.single_run
-        if self._state is not _State.OPEN or (
+        if self._state is not _OPEN or (
             run_id is not None and run_id in self._finished
         ):
             registered.buffer.end()

@@ -15,6 +15,7 @@ round, to the live view of :mod:`purpose_bus.web` until interrupted; with the
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import logging
 import random
@@ -23,7 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import attrs
@@ -337,17 +338,17 @@ def format_table(rows: Sequence[DemoRow]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: ``python -m purpose_bus demo [--backend asyncio|trio]
-    [--serve [--host HOST] [--port PORT]]``."""
+    """The command line: ``python -m purpose_bus demo [--backend
+    asyncio|uvloop|trio] [--serve [--host HOST] [--port PORT]]``."""
     parser = argparse.ArgumentParser(prog="python -m purpose_bus")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="run a simulated agent run on the bus")
     demo.add_argument(
         "--backend",
-        choices=("asyncio", "trio"),
+        choices=tuple(_NEEDS),
         default="asyncio",
         help="the event loop to run on (default: asyncio; trio needs the trio "
-        "extra: pip install 'purpose_bus[trio]')",
+        "extra: pip install 'purpose_bus[trio]'; uvloop: pip install uvloop)",
     )
     demo.add_argument(
         "--serve",
@@ -360,9 +361,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.serve and (args.host is not None or args.port is not None):
         demo.error("--host and --port go with --serve")
-    if args.backend == "trio" and not _has_trio():
+    needs = _NEEDS[args.backend]
+    if needs is not None and not _installed(needs[0]):
         print(
-            "error: --backend trio needs trio (pip install 'purpose_bus[trio]')",
+            f"error: --backend {args.backend} needs {needs[0]} (pip install "
+            f"{needs[1]})",
             file=sys.stderr,
         )
         return 1
@@ -372,18 +375,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         host = "127.0.0.1" if args.host is None else args.host
         return _serve(host, 8000 if args.port is None else args.port, args.backend)
-    rows = anyio.run(run_demo, backend=args.backend)
+    rows = anyio.run(run_demo, **_run_arguments(args.backend))
     print(f"purpose_bus demo on {args.backend}: two runs, three lanes each\n")
     print(format_table(rows))
     return 0
 
 
-def _has_trio() -> bool:
+#: The backends, each with the module it needs and how to install it.
+_NEEDS: dict[str, tuple[str, str] | None] = {
+    "asyncio": None,
+    "uvloop": ("uvloop", "uvloop"),
+    "trio": ("trio", "'purpose_bus[trio]'"),
+}
+
+
+def _installed(module: str) -> bool:
     try:
-        import trio  # noqa: F401
+        importlib.import_module(module)
     except ImportError:
         return False
     return True
+
+
+def _run_arguments(backend: str) -> dict[str, Any]:
+    """The keyword arguments of :func:`anyio.run` for a ``--backend``."""
+    if backend == "uvloop":
+        return {"backend": "asyncio", "backend_options": {"use_uvloop": True}}
+    return {"backend": backend}
 
 
 def _serve(host: str, port: int, backend: str) -> int:
@@ -400,7 +418,10 @@ def _serve(host: str, port: int, backend: str) -> int:
         return 1
     failed: OSError | None = None
     try:
-        anyio.run(partial(_serve_until_stopped, host, port, backend), backend=backend)
+        anyio.run(
+            partial(_serve_until_stopped, host, port, backend),
+            **_run_arguments(backend),
+        )
     except* OSError as group:
         failed = cast(OSError, group.exceptions[0])
     except* KeyboardInterrupt:  # where signals cannot be received (Windows)

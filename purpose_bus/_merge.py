@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from ._events import Event
+from ._validate import flag
 
 __all__ = ["parallel_merge"]
 
@@ -83,8 +84,10 @@ def parallel_merge(
     :param lanes: lane key -> that lane's events, in the lane's order
     :param strict: raise instead of warning when a lane's seq goes backwards
     :return: every event of every lane, merged
+    :raises TypeError: if *strict* is not a bool
     :raises ValueError: if *strict* and a lane's seq goes backwards
     """
+    flag("strict", strict)
     heap: list[_Entry[E]] = []
     pending: dict[str, _Lane[E]] = {}
     for key, events in lanes.items():

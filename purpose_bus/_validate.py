@@ -1,17 +1,22 @@
 """Argument checks, in one place with one behaviour: a value of the wrong type
 raises :exc:`TypeError`, a value of the right type out of range raises
 :exc:`ValueError`. Every public entry point (``EventBus``, ``subscribe``,
-``replay``, ``receive_batch``, ``create_app``, ``RedisBridge``) checks its
-arguments here, once; everything inside trusts what passed."""
+``replay``, ``receive_batch``, both ``create_app``, ``RedisBridge``,
+``parallel_merge``) checks its arguments here, once; everything inside trusts
+what passed. A message names the argument and what it must be: ``"buffer_size
+must be an int, not str"``, ``"heartbeat must be finite and > 0, not inf"``."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from ._overflow import Overflow
 
-__all__ = ["count", "overflow_policy", "seconds"]
+__all__ = ["callables", "count", "flag", "overflow_policy", "seconds", "text"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def count(name: str, value: int, minimum: int) -> int:
@@ -40,6 +45,44 @@ def seconds(name: str, value: float, minimum: float, *, strict: bool = False) ->
         bound = f"> {minimum}" if strict else f">= {minimum}"
         raise ValueError(f"{name} must be finite and {bound}, not {value}")
     return float(value)
+
+
+def flag(name: str, value: bool) -> bool:
+    """*value*, a bool: a switch is never truth-tested (``gap_events="no"``
+    would otherwise mean yes).
+
+    :raises TypeError: if it is not a bool
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def text(name: str, value: str) -> str:
+    """*value*, a str.
+
+    :raises TypeError: if it is not a str
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    return value
+
+
+def callables(name: str, value: Iterable[_F]) -> tuple[_F, ...]:
+    """*value*, a collection of callables, as a tuple.
+
+    :raises TypeError: if it is not a collection (a str is not one here), or
+        holds something that is not callable
+    """
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{name} must be a collection of callables, not {type(value).__name__}"
+        )
+    items = tuple(value)
+    for item in items:
+        if not callable(item):
+            raise TypeError(f"{name} must hold callables, not {item!r}")
+    return items
 
 
 def overflow_policy(value: Any) -> Overflow:

@@ -112,6 +112,7 @@ from ._hosts import HostCheck, allowed_set
 from ._overflow import Overflow
 from ._sse import SubscriptionStream, offset_problem, parse_offset, short
 from ._subscription import Subscription
+from ._validate import count, seconds, text
 
 __all__ = [
     "MAIN_LANE",
@@ -715,22 +716,18 @@ def create_app(
     :param heartbeat: seconds of silence before a heartbeat comment (> 0)
     :param buffer_size: the bound of each stream's subscription (>= 1)
     :param max_body: the largest ``POST`` body accepted, bytes (>= 1)
+    :raises TypeError: for a value of the wrong type
     :raises ValueError: for a value out of range, or *start_run* without
         *task_group*
     """
     if start_run is not None and task_group is None:
         raise ValueError("start_run needs a task_group to start runs in")
-    if not (isinstance(path, str) and path.startswith("/") and not path.endswith("/")):
+    if not (text("path", path).startswith("/") and not path.endswith("/")):
         raise ValueError(f"path must start with '/' and not end with one: {path!r}")
-    if not (isinstance(heartbeat, int | float) and heartbeat > 0):
-        raise ValueError(
-            f"heartbeat must be a number of seconds > 0, not {heartbeat!r}"
-        )
-    for name, value in (("buffer_size", buffer_size), ("max_body", max_body)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+    seconds("heartbeat", heartbeat, 0, strict=True)
+    if buffer_size is not None:
+        count("buffer_size", buffer_size, 1)
+    count("max_body", max_body, 1)
     hosts = allowed_set(allowed_hosts)
     endpoints = _Endpoints(
         bus=bus,

@@ -110,7 +110,7 @@ from ._filters import KindsArg, StrArg, make_filter
 from ._overflow import Overflow
 from ._remote import ReplaySource
 from ._subscription import EVENTS_PER_YIELD, Subscription
-from ._validate import count, seconds
+from ._validate import count, seconds, text
 
 __all__ = ["BridgeStatistics", "RedisBridge", "partition_of"]
 
@@ -199,10 +199,6 @@ def partition_of(run_id: str, partitions: int) -> int:
     """The partition of *run_id*: ``crc32(run_id) mod partitions``, the same in
     every process (unlike :func:`hash`)."""
     return zlib.crc32(run_id.encode("utf-8", "surrogatepass")) % partitions
-
-
-_number = seconds  # argument checks: see purpose_bus._validate
-_count = count
 
 
 def _text(value: object) -> str:
@@ -382,25 +378,24 @@ class RedisBridge:
     ) -> None:
         if not isinstance(bus, EventBus):
             raise TypeError(f"bus must be an EventBus, not {type(bus).__name__}")
-        if not isinstance(url, str):
-            raise TypeError(f"url must be a string, not {type(url).__name__}")
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a string, not {type(prefix).__name__}")
-        if not prefix or "{" in prefix or "}" in prefix:
+        text("url", url)
+        if client_name is not None:
+            text("client_name", client_name)
+        if not text("prefix", prefix) or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty, without braces: {prefix!r}")
         self._bus = bus
         self._url = url
         self._prefix = prefix
         self._level = make_filter(visibility=visibility).visibility
-        self._maxlen = _count("maxlen", maxlen, 1)
-        self._run_maxlen = _count("run_maxlen", run_maxlen, 1)
-        self._run_ttl = _count("run_ttl", run_ttl, 1)
-        self._partitions = _count("partitions", partitions, 1)
-        self._max_size = _count("max_size", max_size, 1)
-        self._batch_size = _count("batch_size", batch_size, 1)
-        self._linger = float(_number("linger", linger, 0))
-        self._max_pending = _count("max_pending", max_pending, 1)
-        self._close_timeout = float(_number("close_timeout", close_timeout, 0))
+        self._maxlen = count("maxlen", maxlen, 1)
+        self._run_maxlen = count("run_maxlen", run_maxlen, 1)
+        self._run_ttl = count("run_ttl", run_ttl, 1)
+        self._partitions = count("partitions", partitions, 1)
+        self._max_size = count("max_size", max_size, 1)
+        self._batch_size = count("batch_size", batch_size, 1)
+        self._linger = seconds("linger", linger, 0)
+        self._max_pending = count("max_pending", max_pending, 1)
+        self._close_timeout = seconds("close_timeout", close_timeout, 0)
         self._client_options = dict(client_options or {})
         self._origin = uuid.uuid4().hex[:16]
         self._origin_bytes = self._origin.encode()
@@ -1050,13 +1045,12 @@ class RedisBridge:
         :raises RuntimeError: if the bridge is not open
         :raises coredis.exceptions.ConnectionError: if Redis stays unreachable
         """
-        if not isinstance(run_id, str):
-            raise TypeError(f"run_id must be a string, not {type(run_id).__name__}")
+        text("run_id", run_id)
         flt = make_filter(
             run_id=run_id, lane_id=lane_id, kinds=kinds, visibility=visibility
         )
         flt = attrs.evolve(flt, visibility=min(flt.visibility, self._level))
-        since_seq = _count("since_seq", since_seq, 0)
+        since_seq = count("since_seq", since_seq, 0)
         self._require_open()
         return [
             event
@@ -1133,8 +1127,7 @@ class RedisBridge:
         :raises TypeError, ValueError: as :meth:`EventBus.subscribe`
         :raises RuntimeError: if the bridge is not open
         """
-        if not isinstance(run_id, str):
-            raise TypeError(f"run_id must be a string, not {type(run_id).__name__}")
+        text("run_id", run_id)
         self._require_open()
         return self._bus.subscribe(
             run_id=run_id,

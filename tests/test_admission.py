@@ -9,9 +9,11 @@ import asyncio
 import copy
 import dataclasses
 import datetime
+import gc
 import math
 import pickle
 import threading
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -772,11 +774,11 @@ class TestWhatAHostileProbeFound:
         with pytest.raises(TypeError, match="no registered kind"):
             check_emittable(first)
 
-    def test_the_normal_form_cache_trusts_no_str_subclass_and_keeps_no_huge_key(
-        self,
-    ) -> None:
-        from purpose_bus import _hidden
-
+    def test_a_str_subclass_key_cannot_poison_the_normal_forms(self) -> None:
+        # A key whose hash is that of "cot" and that equals everything: were
+        # normal forms looked up by it, it would take the place of "cot" (then
+        # "cot" passes every guard) or borrow its normal form (then a guard
+        # made from it rejects "cot").
         class Poison(str):
             def __hash__(self) -> int:
                 return hash("cot")
@@ -784,12 +786,36 @@ class TestWhatAHostileProbeFound:
             def __eq__(self, other: object) -> bool:
                 return True
 
-        _hidden._normal.clear()
-        assert _hidden.normal_key(Poison("harmless")) == "harmless"
-        assert _hidden.normal_key("cot") == "cot"
-        huge = "k" * 100_000
-        assert _hidden.normal_key(huge) == huge
-        assert huge not in _hidden._normal
+        def log(key: str) -> Log:
+            return Log(run_id="r", message="m", payload={key: 1})
+
+        def check() -> None:
+            guard = create_hidden_reasoning_guard([Poison("harmless")])
+            assert guard(log("harmless")) is not None
+            assert guard(log("cot")) is None
+            assert reject_hidden_reasoning(log("cot")) is not None
+
+        check()  # while the normal form of "cot" is known
+        # More fresh keys than the normal forms kept (they are forgotten all at
+        # once when too many), so that of "cot" is to be worked out again.
+        create_hidden_reasoning_guard(f"flood-{i}" for i in range(1 << 17))
+        check()
+
+    def test_huge_keys_cost_time_never_memory(self) -> None:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(20):
+                huge = f"{i}" + "k" * 100_000
+                event = Log(run_id="r", message="m", payload={huge: 1})
+                assert reject_hidden_reasoning(event) is None
+            del event, huge
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert kept < 500_000  # kept with their normal forms, they would take 4 MB
 
     def test_invisible_hangul_fillers_are_removed(self) -> None:
         for filler in "\u115f\u1160\u3164\uffa0":

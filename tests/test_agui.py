@@ -715,11 +715,32 @@ class TestPost:
             {"path": "agui"},
             {"path": "/agui/"},
             {"heartbeat": 0},
+            {"heartbeat": math.inf},
             {"buffer_size": 0},
-            {"max_body": True},
+            {"max_body": 0},
         ):
             with pytest.raises(ValueError, match=next(iter(kwargs))):
                 create_app(bus, **kwargs)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            ({"path": 3}, "path must be a str, not int"),
+            ({"heartbeat": "1"}, "heartbeat must be a number, not str"),
+            ({"heartbeat": True}, "heartbeat must be a number, not bool"),
+            ({"buffer_size": "8"}, "buffer_size must be an int, not str"),
+            ({"buffer_size": 1.5}, "buffer_size must be an int, not float"),
+            ({"buffer_size": True}, "buffer_size must be an int, not bool"),
+            ({"max_body": True}, "max_body must be an int, not bool"),
+        ],
+    )
+    def test_arguments_of_the_wrong_type(
+        self, kwargs: dict[str, Any], message: str
+    ) -> None:
+        """As for EventBus, subscribe and web.create_app (purpose_bus._validate)."""
+        with pytest.raises(TypeError) as info:
+            create_app(EventBus(), **kwargs)
+        assert str(info.value) == message
 
 
 class TestGet:

@@ -28,6 +28,7 @@ import pytest
 from agui_helpers import RUN, stamped, translate, wire
 from agui_strategies import agent_runs
 from anyio.streams.buffered import BufferedByteReceiveStream
+from backends import run_source
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,11 +184,12 @@ def readme_agui_example() -> str:
     ).replace("import anyio\n", "import anyio\nfrom functools import partial\n", 1)
 
 
-async def test_the_readme_example(anyio_backend_name: str) -> None:
+async def test_the_readme_example(anyio_backend: object) -> None:
+    """The README's example, run as a script on the test's backend."""
     _node()
     code = readme_agui_example()
-    if anyio_backend_name == "trio":
-        code = code.replace("anyio.run(main)", 'anyio.run(main, backend="trio")')
+    assert code.count("anyio.run(main)") == 1
+    code = code.replace("anyio.run(main)", run_source(anyio_backend))
     command = [sys.executable, "-c", code]
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None

@@ -18,6 +18,7 @@ import anyio
 import httpx
 from agui_helpers import Conversation, check_order, parse_frames, validated
 from anyio.streams.buffered import BufferedByteReceiveStream
+from backends import backend_word
 from test_redis import prefix, redis_url  # noqa: F401  (fixtures)
 
 from purpose_bus import EventBus
@@ -29,8 +30,10 @@ REPLICA = Path(__file__).parent / "redis_procs" / "agui_replica.py"
 
 
 @asynccontextmanager
-async def replica(url: str, keys: str, backend: str) -> AsyncIterator[str]:
-    """The agent-running replica, a subprocess; yields its AG-UI URL."""
+async def replica(url: str, keys: str, anyio_backend: object) -> AsyncIterator[str]:
+    """The agent-running replica, a subprocess on the test's backend (uvloop
+    when the test runs on it); yields its AG-UI URL."""
+    backend = backend_word(anyio_backend)
     command = [sys.executable, str(REPLICA), url, keys, backend]
     async with await anyio.open_process(command) as process:
         assert process.stdout is not None and process.stdin is not None
@@ -39,7 +42,9 @@ async def replica(url: str, keys: str, backend: str) -> AsyncIterator[str]:
                 line = await BufferedByteReceiveStream(process.stdout).receive_until(
                     b"\n", 1 << 16
                 )
-            yield json.loads(line)["url"]
+            hello = json.loads(line)
+            assert hello["backend"] == backend
+            yield hello["url"]
             await process.stdin.aclose()  # it serves until its stdin closes
             with anyio.fail_after(20):
                 assert await process.wait() == 0
@@ -75,10 +80,10 @@ def events(text: str) -> list[dict[str, Any]]:
 async def test_post_on_one_replica_get_on_another(
     redis_url: str,  # noqa: F811
     prefix: str,  # noqa: F811
-    anyio_backend_name: str,
+    anyio_backend: object,
 ) -> None:
     async with (
-        replica(redis_url, prefix, anyio_backend_name) as first,
+        replica(redis_url, prefix, anyio_backend) as first,
         viewer(redis_url, prefix) as second,
         httpx.AsyncClient(trust_env=False, timeout=30) as http,
     ):

@@ -11,6 +11,7 @@ import sys
 import anyio
 import httpx
 import pytest
+from backends import backend_word
 
 from purpose_bus._demo import DELTAS, LANES, STEPS, DemoRow, main, run_demo
 
@@ -62,7 +63,7 @@ class TestDemo:
 
 
 class TestMain:
-    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
     def test_main_prints_the_table(
         self, backend: str, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -96,29 +97,36 @@ class TestMain:
         assert "the event loop to run on (default: asyncio; trio needs" in out
 
     @pytest.mark.parametrize("serve", [[], ["--serve"]])
-    def test_trio_not_installed(
+    @pytest.mark.parametrize(
+        ("backend", "install"),
+        [("trio", "'purpose_bus[trio]'"), ("uvloop", "uvloop")],
+    )
+    def test_backend_not_installed(
         self,
         serve: list[str],
+        backend: str,
+        install: str,
         monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str],
     ) -> None:
-        monkeypatch.setitem(sys.modules, "trio", None)  # not installed
-        assert main(["demo", "--backend", "trio", *serve]) == 1
+        monkeypatch.setitem(sys.modules, backend, None)  # not installed
+        assert main(["demo", "--backend", backend, *serve]) == 1
         captured = capsys.readouterr()
         assert captured.out == ""
         assert captured.err == (
-            "error: --backend trio needs trio (pip install 'purpose_bus[trio]')\n"
+            f"error: --backend {backend} needs {backend} (pip install {install})\n"
         )
 
 
 class TestServeStops:
     async def test_ctrl_c_stops_at_once_while_a_viewer_streams(
-        self, anyio_backend_name: str
+        self, anyio_backend: object
     ) -> None:
         # A viewer's open event stream must not hold the server up: Ctrl+C
         # closes the bus, which ends every stream, then hypercorn stops.
         command = [sys.executable, "-m", "purpose_bus", "demo", "--serve"]
-        command += ["--port", "0", "--backend", anyio_backend_name]
+        backend = backend_word(anyio_backend)  # uvloop when the test runs on it
+        command += ["--port", "0", "--backend", backend]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         async with await anyio.open_process(command, env=env) as process:
             assert process.stdout is not None

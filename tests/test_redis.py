@@ -37,9 +37,10 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import coredis
 import pytest
-from anyio.abc import Process
+from anyio.abc import Process, SocketAttribute, SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 from attrs import evolve
+from backends import backend_word, run_source
 from coredis.exceptions import RedisError
 from hypothesis import given
 from hypothesis import strategies as st
@@ -205,6 +206,48 @@ async def raw_client(url: str) -> AsyncIterator[coredis.Redis[str]]:
         yield client
 
 
+@asynccontextmanager
+async def losing_a_script_reply(url: str) -> AsyncIterator[tuple[str, anyio.Event]]:
+    """A TCP proxy to the Redis at *url*; yields its URL and an event set once
+    it has lost a reply: on the first connection that sends ``EVALSHA`` (the
+    writer's script), it passes the request on, so Redis runs it, then closes
+    the connection instead of passing the reply back."""
+    parts = urlsplit(url)
+    lost = anyio.Event()
+
+    async def relay(client: SocketStream) -> None:
+        host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+        async with client, await anyio.connect_tcp(host, port) as server:
+            script_sent = anyio.Event()
+
+            async def up() -> None:
+                async for data in client:
+                    if not lost.is_set() and b"evalsha" in data.lower():
+                        script_sent.set()
+                    await server.send(data)
+                tg.cancel_scope.cancel()
+
+            async def down() -> None:
+                async for data in server:
+                    if script_sent.is_set() and not lost.is_set():
+                        lost.set()
+                        break
+                    await client.send(data)
+                tg.cancel_scope.cancel()
+
+            with contextlib.suppress(anyio.BrokenResourceError):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(up)
+                    tg.start_soon(down)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as serving:
+        serving.start_soon(listener.serve, relay)
+        yield urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}")), lost
+        serving.cancel_scope.cancel()
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
     """Poll *predicate* (something another task or process does) until it holds."""
     with anyio.fail_after(timeout):
@@ -272,15 +315,18 @@ class Worker:
     @classmethod
     @asynccontextmanager
     async def run(
-        cls, url: str, prefix: str, backend: str, directory: Path
+        cls, url: str, prefix: str, anyio_backend: object, directory: Path
     ) -> AsyncIterator[Worker]:
+        """A worker on the test's backend (uvloop when the test runs on it)."""
         log = directory / f"worker-{uuid.uuid4().hex[:8]}.log"
+        backend = backend_word(anyio_backend)
         command = [sys.executable, str(WORKER), url, prefix, backend]
         with log.open("wb") as stderr:
             async with await anyio.open_process(command, stderr=stderr) as process:
                 worker = cls(process, log)
                 try:
                     worker.hello = await worker.read()
+                    assert worker.hello["backend"] == backend
                     yield worker
                     assert await worker.request({"op": "exit"}) == {"closed": True}
                     with anyio.fail_after(10):
@@ -313,13 +359,13 @@ class Worker:
 
 class TestAcrossProcesses:
     async def test_two_workers_events_arrive_once_in_lane_order(
-        self, redis_url: str, prefix: str, anyio_backend_name: str, tmp_path: Path
+        self, redis_url: str, prefix: str, anyio_backend: object, tmp_path: Path
     ) -> None:
         async with (
             node(redis_url, prefix) as (bus, bridge),
             bus.subscribe(buffer_size=100_000) as sub,
-            Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as one,
-            Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as two,
+            Worker.run(redis_url, prefix, anyio_backend, tmp_path) as one,
+            Worker.run(redis_url, prefix, anyio_backend, tmp_path) as two,
         ):
             answers: dict[str, Any] = {}
 
@@ -361,12 +407,12 @@ class TestAcrossProcesses:
             assert (await one.request({"op": "stats"}))["history"]["run-1"] == 302
 
     async def test_a_late_joiner_in_a_new_process_replays_a_finished_run(
-        self, redis_url: str, prefix: str, anyio_backend_name: str, tmp_path: Path
+        self, redis_url: str, prefix: str, anyio_backend: object, tmp_path: Path
     ) -> None:
-        async with Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as one:
+        async with Worker.run(redis_url, prefix, anyio_backend, tmp_path) as one:
             command = {"op": "emit", "run": "done", "lanes": ["a", "b"], "count": 50}
             emitted = await one.request(command | {"start": True, "finish": True})
-        async with Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as two:
+        async with Worker.run(redis_url, prefix, anyio_backend, tmp_path) as two:
             replayed = await two.request({"op": "replay", "run": "done"})
         assert replayed["replay"] == emitted
         assert replayed["subscribe"] == emitted
@@ -374,13 +420,13 @@ class TestAcrossProcesses:
             assert described(await bridge.replay(run_id="done")) == emitted
 
     async def test_killed_connections_mid_stream_resume_without_loss_or_duplicate(
-        self, redis_url: str, prefix: str, anyio_backend_name: str, tmp_path: Path
+        self, redis_url: str, prefix: str, anyio_backend: object, tmp_path: Path
     ) -> None:
         async with (
             raw_client(redis_url) as raw,
             node(redis_url, prefix) as (bus, bridge),
             bus.subscribe(run_id="k", buffer_size=100_000) as sub,
-            Worker.run(redis_url, prefix, anyio_backend_name, tmp_path) as worker,
+            Worker.run(redis_url, prefix, anyio_backend, tmp_path) as worker,
         ):
             command = {"op": "emit", "run": "k", "lanes": ["a", "b"]}
             first = await worker.request(command | {"count": 200, "start": True})
@@ -445,21 +491,35 @@ class TestResume:
     async def test_a_batch_sent_again_is_applied_once(
         self, redis_url: str, prefix: str
     ) -> None:
+        """Redis applies a batch but its reply is lost on the way back: the
+        writer cannot tell it from a batch never applied, sends it again, and
+        the script skips it (each entry is written once)."""
         async with (
             raw_client(redis_url) as raw,
-            node(redis_url, prefix) as (bus, bridge),
+            losing_a_script_reply(redis_url) as (url, lost),
+            node(url, prefix) as (bus, bridge),
+            node(redis_url, prefix) as (other, _),
+            other.subscribe(run_id="r") as sub,
         ):
-            events = [stamped(Log(run_id="r", message=str(i)), i, i) for i in (1, 2)]
-            bridge._pending.extend(events)
-            batches, taken = bridge._prepare()
-            assert taken == 2
-            await bridge._send(batches, 0, anyio.Event())
-            await bridge._send(batches, 0, anyio.Event())  # as after a lost reply
+            bus.emit(Log(run_id="r", message="1"))
+            bus.emit(Log(run_id="r", message="2"))
+            with anyio.fail_after(20):
+                await bridge.flush()
+            assert lost.is_set()  # applied, then its reply lost
+            stats = bridge.statistics()
+            assert (stats.reconnects, stats.exported) == (1, 2)
             assert await raw.xlen(bridge.feed_key("r")) == 2
             assert await raw.xlen(bridge.run_key("r")) == 2
             bus.emit(Log(run_id="r", message="next"))  # the next batch goes in
-            await bridge.flush()
+            with anyio.fail_after(20):
+                await bridge.flush()
+                received = await receive(sub, 3)
             assert await raw.xlen(bridge.feed_key("r")) == 3
+            assert [e.message for e in received if isinstance(e, Log)] == [
+                "1",
+                "2",
+                "next",
+            ]
 
     async def test_the_reader_resumes_after_its_blocked_read_is_killed(
         self, redis_url: str, prefix: str
@@ -1573,11 +1633,8 @@ class TestReadmeExample:
         ]
         code = code.replace('"redis://localhost:6379/0"', repr(redis_url))
         code = code.replace('prefix="myapp"', f"prefix={prefix!r}")
-        name, options = (
-            anyio_backend if isinstance(anyio_backend, tuple) else (anyio_backend, {})
-        )
-        run = f"anyio.run(main, backend={name!r}, backend_options={options!r})"
-        code = code.replace("anyio.run(main)", run)
+        assert code.count("anyio.run(main)") == 1
+        code = code.replace("anyio.run(main)", run_source(anyio_backend))
         with anyio.fail_after(60):
             result = await anyio.run_process([sys.executable, "-c", code], check=False)
         assert result.returncode == 0, result.stderr.decode()

@@ -9,7 +9,7 @@ import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -193,6 +193,26 @@ def emit_from_a_thread(bus: EventBus, event: Event) -> None:
 def as_list(received: object) -> list[Event]:
     """What ``receive`` (one event) or ``receive_batch`` (a list) returned."""
     return received if isinstance(received, list) else [received]  # type: ignore[list-item]
+
+
+#: The three ways to take what is ready: one event, a batch, and the per-event
+#: ``async for`` path (``Subscription.__anext__``), which is code of its own.
+RECEIVES = ["receive", "receive_batch", "async for"]
+
+
+def receive_call(
+    sub: Subscription[Event], method: str
+) -> Callable[[], Awaitable[object]]:
+    """A call that takes what is ready from *sub* the way *method* names."""
+    if method != "async for":
+        return cast("Callable[[], Awaitable[object]]", getattr(sub, method))
+
+    async def one_step_of_async_for() -> Event:
+        async for event in sub:
+            return event
+        raise AssertionError("the subscription ended")
+
+    return one_step_of_async_for
 
 
 class TestSubscription:
@@ -390,7 +410,7 @@ class TestSubscription:
         assert stats.dropped == 0
         assert received == stats.delivered == 20_000
 
-    @pytest.mark.parametrize("method", ["receive", "receive_batch"])
+    @pytest.mark.parametrize("method", RECEIVES)
     @pytest.mark.parametrize("after", ["nothing", "a ready event", "a wait"])
     async def test_with_nothing_ready_it_yields_once_and_looks_again_before_waiting(
         self, method: str, after: str
@@ -401,7 +421,7 @@ class TestSubscription:
         # wake-up is all that tells the two apart: either way the receiver gets
         # the event one scheduler pass later.)
         async with EventBus() as bus, bus.subscribe() as sub:
-            receive = getattr(sub, method)
+            receive = receive_call(sub, method)
             bus.emit(delta("warm-up"))  # the first emit of a class costs more
             drain(sub)
             event = delta("0")
@@ -429,7 +449,7 @@ class TestSubscription:
             assert [texts(as_list(item)) for item in received] == [["2"]]
             assert costs[1] > idle, costs
 
-    @pytest.mark.parametrize("method", ["receive", "receive_batch"])
+    @pytest.mark.parametrize("method", RECEIVES)
     @pytest.mark.parametrize("when", ["before the call", "in its yield", "waiting"])
     @pytest.mark.parametrize(
         "actions",
@@ -462,7 +482,7 @@ class TestSubscription:
             bus.subscribe() as sub,
             bus.subscribe() as watch,  # sees when a thread's event is accepted
         ):
-            receive = getattr(sub, method)
+            receive = receive_call(sub, method)
             scope = anyio.CancelScope()
 
             def act() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 from functools import partial
+from pathlib import Path
 
 import anyio
 from ag_ui.core import RunAgentInput
@@ -34,6 +35,9 @@ from purpose_bus import (
 from purpose_bus.agui import create_app, run_started
 from purpose_bus.redis import RedisBridge
 from purpose_bus.web import serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/
+from backends import run, running_backend
 
 LANES = ("main", "a", "b")
 
@@ -70,7 +74,8 @@ async def serve_until_stdin_closes(app: Starlette, runs: TaskGroup) -> None:
     stdin = anyio.wrap_file(sys.stdin)
     async with anyio.create_task_group() as server:
         host, port = await server.start(partial(serve, app, port=0))
-        print(json.dumps({"url": f"http://{host}:{port}/agui"}), flush=True)
+        url = f"http://{host}:{port}/agui"
+        print(json.dumps({"url": url, "backend": running_backend()}), flush=True)
         await stdin.read()
         server.cancel_scope.cancel()
     runs.cancel_scope.cancel()
@@ -87,4 +92,4 @@ async def main(url: str, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2], backend=sys.argv[3])
+    run(main, sys.argv[1], sys.argv[2], word=sys.argv[3])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -33,6 +34,9 @@ import anyio.to_thread
 
 from purpose_bus import Event, EventBus, MessageDelta, RunFinished, RunStarted
 from purpose_bus.redis import RedisBridge
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/
+from backends import run, running_backend
 
 
 def describe(event: Event) -> list[Any]:
@@ -101,7 +105,8 @@ async def main(url: str, prefix: str) -> None:
         RedisBridge(bus, url, prefix=prefix) as bridge,
     ):
         ready = {"ready": True, "client_name": bridge.client_name}
-        print(json.dumps(ready | {"origin": bridge.origin}), flush=True)
+        ready |= {"origin": bridge.origin, "backend": running_backend()}
+        print(json.dumps(ready), flush=True)
         while True:
             line = await anyio.to_thread.run_sync(sys.stdin.readline)
             if not line:
@@ -125,4 +130,4 @@ async def main(url: str, prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2], backend=sys.argv[3])
+    run(main, sys.argv[1], sys.argv[2], word=sys.argv[3])
