@@ -4,7 +4,6 @@ the subscriptions whose filters match."""
 from __future__ import annotations
 
 import enum
-import functools
 import itertools
 import logging
 import threading
@@ -25,8 +24,8 @@ from ._guards import Guard, reject_hidden_reasoning
 from ._history import History
 from ._index import SubscriberIndex
 from ._overflow import Overflow
-from ._remote import MergedReplay, ReplaySource
-from ._replay import ReplayReader
+from ._remote import MergedReader, ReplaySource
+from ._replay import Reader, ReplayReader
 from ._sender import Gap, OverflowSender, offer_each
 from ._statistics import BusStatistics
 from ._subscription import Subscription, wrong_thread
@@ -565,12 +564,16 @@ class EventBus:
             "name": text("name", name)
             if name is not None
             else f"subscription-{next(self._names)}",
+            # Reach into the replay sources (those open when it is entered)?
+            "merge": bool(
+                replay and after is None and flt.single_run and self._replay_sources
+            ),
         }
-        if replay and after is None and flt.single_run and self._replay_sources:
-            return MergedReplay._create(self._seam, flt, **options)
         return Subscription._create(self._seam, flt, **options)
 
     def _go_live(self, subscription: Subscription[Event]) -> None:
+        """Move *subscription* from the replay index to the live one (or end
+        it, if the bus is closing or its run has ended)."""
         registered = self._subscriptions[subscription]
         if registered.reader is not None:
             self._replaying.remove(registered.reader)
@@ -723,7 +726,7 @@ class BusSeam:
 
     def add_replay_source(self, source: ReplaySource) -> Callable[[], None]:
         """Make ``subscribe(run_id=..., replay=True)`` (no ``after``) read the
-        run from *source* too (see :class:`~purpose_bus._remote.MergedReplay`),
+        run from *source* too (see :class:`~purpose_bus._remote.MergedReader`),
         from the next call of :meth:`EventBus.subscribe` on. Returns a function
         that removes the source."""
         return self._bus._add_replay_source(source)
@@ -747,17 +750,23 @@ class BusSeam:
         *,
         replay: bool,
         after: int | None,
-    ) -> ReplayReader | None:
+        merge: bool = False,
+    ) -> Reader | None:
         """Enter *subscription*: from now on every matching event accepted goes
-        to *buffer* or is counted as dropped. Returns the replay reader it
-        takes from until it switches to live events (``replay``, ``after``),
-        or ``None`` if it is live at once.
+        to *buffer* or is counted as dropped. Returns the reader it takes from
+        (after :meth:`Reader.start`) until it switches to live events
+        (``replay``, ``after``), or ``None`` if it is live at once. With
+        *merge* (``replay``, one run, no ``after``) and replay sources
+        registered now, the reader is a :class:`MergedReader` over them, which
+        reads the local history through a :class:`ReplayReader` (kept from now
+        on, also if history holds nothing of the run yet).
 
         :raises BusClosed: if the bus is not open
         """
         bus = self._bus
         bus._check_open()
         registered = bus._subscriptions[subscription] = _Registered(flt, buffer)
+        sources = bus._replay_sources if merge else ()
         if (after is None and not replay) or (
             after is not None and after >= bus._offset
         ):
@@ -765,9 +774,7 @@ class BusSeam:
             return None
         history = bus._history
         cursor = max(after or 0, history.oldest - 1)
-        reader = ReplayReader(
-            history, flt, buffer, cursor, functools.partial(bus._go_live, subscription)
-        )
+        reader = ReplayReader(self, subscription, flt, buffer, cursor)
         if after is not None and after < cursor:
             # History no longer reaches back to the cursor: count what is missing.
             lanes = flt.lane_ids
@@ -783,12 +790,23 @@ class BusSeam:
                 buffer.lose(missing)
             else:
                 reader.lost(missing)
-        if cursor >= history.newest:
+        if cursor >= history.newest and not (sources and history.size):
             bus._go_live(subscription)  # nothing left to replay
+            if sources:  # ... and no history to keep what the sources lack
+                return MergedReader(self, subscription, flt, buffer, None, sources)
             return None
         registered.reader = reader
         bus._replaying.add(reader, flt, buffer)
+        if sources:
+            return MergedReader(self, subscription, flt, buffer, reader, sources)
         return reader
+
+    def go_live(self, subscription: Subscription[Event]) -> None:
+        """*subscription*'s replay reader has read everything history holds
+        for it: move it from the replay index to the live one, in this loop
+        step, so that no event falls between (or end its buffer, if the bus is
+        closing or its run has ended)."""
+        self._bus._go_live(subscription)
 
     def unregister(self, subscription: Subscription[Event]) -> None:
         """Forget *subscription* (closed): nothing more goes to its buffer; its

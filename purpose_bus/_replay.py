@@ -7,9 +7,15 @@ bound), and switches to live events the moment it has read everything history
 holds for it. Events history evicts before the reader reached them are lost,
 counted, and announced after what was read ahead. The reader owns the cursor,
 the events read ahead, the pending loss notice and the switch; the bus drives it
-through :meth:`ReplayReader.lost` (an eviction it has not read) and the
-subscription through :meth:`ReplayReader.take` and :meth:`ReplayReader.discard`.
-Its counts go to the subscription's buffer, which owns the accounting.
+through :meth:`ReplayReader.lost` (an eviction it has not read), the
+subscription through the :class:`Reader` interface (:meth:`~Reader.start`,
+:meth:`~Reader.take`, :meth:`~Reader.discard`), and it asks the bus for the
+switch through the seam (:meth:`BusSeam.go_live`). Its counts go to the
+subscription's buffer, which owns the accounting.
+
+A merged replay (:class:`~purpose_bus._remote.MergedReader`) is a
+:class:`Reader` too; it reads the local history through a
+:class:`ReplayReader` (:meth:`ReplayReader.read_run`).
 
 Everything here runs on the bus's event loop thread.
 """
@@ -17,46 +23,79 @@ Everything here runs on the bus's event loop thread.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from ._events import Event
 from ._filters import EventFilter
-from ._history import History
 from ._sender import Gap, OverflowSender
 
-__all__ = ["READ_AHEAD", "ReplayReader"]
+if TYPE_CHECKING:
+    from ._bus import BusSeam
+    from ._subscription import Subscription
+
+__all__ = ["READ_AHEAD", "Reader", "ReplayReader"]
 
 #: How many replayed events are read from history at a time.
 READ_AHEAD = 64
 
 
+class Reader(Protocol):
+    """What a subscription takes its events from until it switches to live
+    events (then it takes from its buffer): the one hook of every receive
+    (``receive_nowait``, ``receive``, iteration, ``receive_batch``,
+    ``batches``). Made by :meth:`BusSeam.register`."""
+
+    async def start(self) -> None:
+        """Called once, when the subscription is entered, after it was
+        registered (live events are buffered from then on): a merged replay
+        reads its sources here. Raising (or cancelled), the subscription is
+        closed."""
+
+    def take(self) -> Event | None:
+        """The next event (or loss notice) without waiting; ``None`` once the
+        subscription takes from its buffer alone (it drops the reader then).
+
+        :raises anyio.WouldBlock: if nothing is ready
+        :raises anyio.EndOfStream: if the subscription has ended
+        """
+
+    def discard(self) -> None:
+        """Stop: the subscription was closed (its buffer counts what was read
+        and not handed out as dropped)."""
+
+
 class ReplayReader:
-    """Reads one subscription's matching history from a cursor, then calls
-    *go_live* (once) when it has read everything history holds for it."""
+    """Reads one subscription's matching history from a cursor, then asks the
+    bus to switch it to live events (:meth:`BusSeam.go_live`, once) when it has
+    read everything history holds for it."""
 
     __slots__ = (
         "_buffer",
         "_cursor",
         "_filter",
         "_gap",
-        "_go_live",
         "_history",
+        "_live",
+        "_owner",
         "_read",
+        "_seam",
     )
 
     def __init__(
         self,
-        history: History,
+        seam: BusSeam,
+        owner: Subscription[Event],
         flt: EventFilter,
         buffer: OverflowSender,
         cursor: int,
-        go_live: Callable[[], None],
     ) -> None:
-        self._history = history
+        self._seam = seam
+        self._owner = owner
+        self._history = seam.history
         self._filter = flt
         self._buffer = buffer
         self._cursor = cursor
-        self._go_live: Callable[[], None] | None = go_live
+        self._live = False
         self._read: deque[Event] = deque()
         self._gap: Gap | None = None
 
@@ -68,7 +107,7 @@ class ReplayReader:
     @property
     def live(self) -> bool:
         """Whether the reader has switched to live events (it is done)."""
-        return self._go_live is None
+        return self._live
 
     def lost(self, gap: Gap) -> None:
         """The ``gap.count`` matching events of *gap* left history (or were
@@ -80,11 +119,14 @@ class ReplayReader:
                 self._gap = Gap()
             self._gap.merge(gap)
 
+    async def start(self) -> None:
+        """Nothing to do: the reader reads history as the consumer receives."""
+
     def take(self) -> Event | None:
         """The next replayed event or loss notice; ``None`` once the reader has
         switched to live (take from the buffer then)."""
         read = self._read
-        while self._go_live is not None:
+        while not self._live:
             if read:
                 self._buffer.hand_out_read()
                 event = read.popleft()
@@ -105,12 +147,24 @@ class ReplayReader:
         is discarded) and stop: the subscription was closed."""
         self._read.clear()
         self._gap = None
-        self._go_live = None
+        self._live = True
+
+    def read_run(self) -> list[Event]:
+        """For a merged replay, before the first :meth:`take`: every event of
+        the filter's runs that history holds after the cursor, whatever the
+        rest of the filter (the merge places events by those it does not hand
+        out), in offset order; the cursor moves past them, so the reader goes
+        on with what is accepted later. Counts nothing: the caller counts what
+        it hands out. A loss notice pending stays pending."""
+        assert not self._read and not self._live
+        events = list(self._history.iter_after(self._cursor, self._filter.run_ids))
+        if events:
+            self._cursor = events[-1].offset
+        return events
 
     def _switch(self) -> None:
-        go_live, self._go_live = self._go_live, None
-        assert go_live is not None
-        go_live()
+        self._live = True
+        self._seam.go_live(self._owner)
 
     def _read_more(self) -> bool:
         """Read up to :data:`READ_AHEAD` matching events; whether any were."""

@@ -17,7 +17,7 @@ from ._deprecated import former_names
 from ._events import Event
 from ._filters import EventFilter
 from ._overflow import Overflow
-from ._replay import ReplayReader
+from ._replay import Reader
 from ._sender import OverflowSender, take_up_to
 from ._statistics import SubscriptionStatistics
 from ._validate import count
@@ -117,6 +117,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         "_closed",
         "_entered",
         "_filter",
+        "_merge",
         "_name",
         "_reader",
         "_replay",
@@ -136,12 +137,14 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         replay: bool,
         after: int | None,
         name: str,
+        merge: bool = False,
     ) -> None:
         self._seam = seam
         self._filter = flt
         self._buffer = OverflowSender(buffer_size, overflow, gap_events)
         self._replay = replay
         self._after = after
+        self._merge = merge
         self._name = name
         self._entered = False
         self._closed = False
@@ -150,8 +153,9 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         # entered (on the bus's loop, which it checks), then the loop's.
         self._thread = _get_ident()
         self._cancelled_check: Callable[[], Awaitable[None]] = checkpoint_if_cancelled
-        #: Reads history until the switch to live events (replay, or after=).
-        self._reader: ReplayReader | None = None
+        #: What every receive takes from until the switch to live events
+        #: (replay, after=, merged replay); then it takes from the buffer.
+        self._reader: Reader | None = None
 
     @property
     def name(self) -> str:
@@ -166,29 +170,41 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
     # -- the context manager --------------------------------------------------
 
     async def __aenter__(self) -> Subscription[E_co]:
-        """Register with the bus. A cancellation point: entered in a cancelled
-        scope, it raises the cancellation, registers nothing and closes the
-        subscription (as a failed entry always does).
+        """Register with the bus; a run-scoped replay on a bus with an open
+        :class:`~purpose_bus.redis.RedisBridge` then reads the run from Redis
+        (see :meth:`EventBus.subscribe`). A cancellation point: entered in a
+        cancelled scope, or cancelled while reading from Redis, it raises the
+        cancellation, leaves nothing registered and closes the subscription (as
+        a failed entry always does).
 
         :raises BusClosed: if the bus is not open (the subscription is closed)
         :raises RuntimeError: if this subscription was entered or closed before,
             or if this is not the bus's event loop thread (the subscription is
             closed)
+        :raises Exception: what reading from Redis raises (a lost connection
+            after the bridge's retries; the subscription is closed)
         """
         if self._entered or self._closed:
             raise RuntimeError("a subscription can be entered only once")
         try:
             self._seam.check_loop("entering a subscription")
             await checkpoint_if_cancelled()
-            self._reader = self._seam.register(
-                self, self._filter, self._buffer, replay=self._replay, after=self._after
+            reader = self._reader = self._seam.register(
+                self,
+                self._filter,
+                self._buffer,
+                replay=self._replay,
+                after=self._after,
+                merge=self._merge,
             )
+            self._entered = True
+            self._thread = _get_ident()
+            self._cancelled_check = _cancellation_check()
+            if reader is not None:
+                await reader.start()
         except BaseException:
             self.close()
             raise
-        self._entered = True
-        self._thread = _get_ident()
-        self._cancelled_check = _cancellation_check()
         return self
 
     async def __aexit__(
@@ -396,6 +412,8 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
     # -- replay ---------------------------------------------------------------
 
     def _take_replayed(self) -> Event:
+        """Take from the reader: the one hook of every receive while there is
+        one (receive_nowait, receive, iteration, receive_batch, batches)."""
         if self._closed:
             raise anyio.ClosedResourceError
         assert self._reader is not None

@@ -41,7 +41,7 @@ that is of the origin bus's id and of the event as that bus stamped it, its
 The reader files that identity for the local offset the bus gives the event
 when it imports it (for as many events as the bus's history holds); this
 bridge's own events are named by their local offset. A late joiner's merge
-(:class:`~purpose_bus._remote.MergedReplay`) compares those identities, so it
+(:class:`~purpose_bus._remote.MergedReader`) compares those identities, so it
 hands out every event of the run once, evolved copies and re-emitted objects
 included, and counts exactly what it handed out of the local bus.
 

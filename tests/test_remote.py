@@ -26,7 +26,7 @@ from purpose_bus import (
     Visibility,
 )
 from purpose_bus._bus import bus_seam
-from purpose_bus._remote import MergedReplay, ReplaySource
+from purpose_bus._remote import ReplaySource
 
 PRIVATE = Visibility.PRIVATE
 
@@ -82,17 +82,34 @@ async def elsewhere(*events: Event) -> list[Event]:
 class TestWhenASourceIsUsed:
     async def test_only_run_scoped_replays_without_after(self) -> None:
         async with EventBus() as bus:
-            remove = add_source(bus, Source())
-            assert isinstance(bus.subscribe(run_id="r1", replay=True), MergedReplay)
+            source = Source()
+            remove = add_source(bus, source)
+            async with bus.subscribe(run_id="r1", replay=True):
+                assert source.asked == ["r1"]
             for sub in [
                 bus.subscribe(run_id="r1"),
                 bus.subscribe(replay=True),
                 bus.subscribe(run_id=["r1", "r2"], replay=True),
                 bus.subscribe(run_id="r1", replay=True, after=0),
             ]:
-                assert type(sub) is Subscription
+                async with sub:
+                    pass
+            assert source.asked == ["r1"]
             remove()
-            assert type(bus.subscribe(run_id="r1", replay=True)) is Subscription
+            async with bus.subscribe(run_id="r1", replay=True):
+                pass
+            assert source.asked == ["r1"]
+
+    async def test_a_source_added_after_subscribe_is_not_asked(self) -> None:
+        """Only subscriptions made and entered while a source is registered
+        reach into it (README, Limits)."""
+        async with EventBus() as bus:
+            sub = bus.subscribe(run_id="r1", replay=True)
+            source = Source()
+            add_source(bus, source)
+            async with sub:
+                pass
+        assert source.asked == []
 
     async def test_a_source_removed_before_entering_is_not_asked(self) -> None:
         """The sources are those of the bus when the subscription is entered (a
@@ -309,6 +326,104 @@ async def receive(
         else:
             got.append(sub.receive_nowait())
     return got
+
+
+MODES = ["receive_nowait", "receive", "async for", "receive_batch", "batches"]
+
+
+async def take(sub: Subscription[Event], mode: str, count: int | None) -> list[Event]:
+    """*count* events from *sub* (``None``: up to its end; ``receive_nowait``:
+    what is ready), received the way *mode* says, with ``max_items=2``."""
+    got: list[Event] = []
+    if mode == "receive_nowait":
+        while count is None or len(got) < count:
+            try:
+                got.append(sub.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        return got
+    batches = sub.batches(2)
+    with anyio.fail_after(5):
+        while count is None or len(got) < count:
+            try:
+                if mode == "receive":
+                    got.append(await sub.receive())
+                elif mode == "async for":
+                    got.append(await anext(sub))
+                elif mode == "receive_batch":
+                    got += await sub.receive_batch(2)
+                else:
+                    got += await anext(batches)
+            except (anyio.EndOfStream, StopAsyncIteration):
+                break
+    return got
+
+
+class TestEveryReceiveMethod:
+    """The merged replay is the subscription's reader, the one hook of every
+    receive: a way of receiving that took from the buffer past it would lose
+    what only the source holds (as an ``async for`` that skipped an override
+    once did) or hand out twice what both hold."""
+
+    @pytest.mark.parametrize("mode", MODES)
+    async def test_the_same_sequence_when_the_run_ends_here(self, mode: str) -> None:
+        """The source holds the run's start; the local history one of its
+        events and one of its own; live, a copy of an event the source gave
+        (skipped), new events, and the end."""
+        remote = await elsewhere(
+            RunStarted(run_id="r1"), *map(delta, "abc"), delta("d")
+        )
+        async with EventBus() as bus:
+            source = Source(remote[:4])
+            add_source(bus, source)
+            await source.ingest(bus, remote[2])  # "b": both hold it
+            bus.emit(delta("local"))
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                await source.ingest(bus, remote[3])  # "c" again: skipped
+                got = await take(sub, mode, 4)
+                await source.ingest(bus, remote[4])  # "d": only live
+                bus.emit(delta("live"))
+                bus.emit(RunFinished(run_id="r1"))
+                got += await take(sub, mode, None)
+                assert [e.kind for e in got[:1] + got[-1:]] == [
+                    "run.started",
+                    "run.finished",
+                ]
+                assert texts(got) == ["a", "b", "c", "local", "d", "live"]
+                assert [e.span_id for e in got[:4]] == [e.span_id for e in remote[:4]]
+                with pytest.raises(anyio.EndOfStream):
+                    sub.receive_nowait()
+                with pytest.raises(anyio.EndOfStream):
+                    await sub.receive()
+                # Local ones: b, local, the copy of c, d, live, the end.
+                stats = sub.statistics()
+                assert (stats.delivered, stats.dropped, stats.buffered) == (6, 0, 0)
+
+    @pytest.mark.parametrize("mode", MODES)
+    async def test_the_same_sequence_when_the_source_saw_the_end(
+        self, mode: str
+    ) -> None:
+        """The run ended elsewhere: what only the source holds, the end, and
+        then nothing (a copy of a merged event that arrives live is skipped,
+        an event after the end counted as dropped)."""
+        remote = await elsewhere(
+            RunStarted(run_id="r1"), delta("a"), delta("b"), RunFinished(run_id="r1")
+        )
+        async with EventBus() as bus:
+            source = Source(remote)
+            add_source(bus, source)
+            await source.ingest(bus, remote[1])  # "a": both hold it
+            async with bus.subscribe(run_id="r1", replay=True) as sub:
+                got = await take(sub, mode, 1)
+                await source.ingest(bus, remote[2])  # "b" again: skipped
+                bus.emit(delta("late"))  # after the end: dropped
+                got += await take(sub, mode, None)
+                assert got == [remote[0], bus.replay(run_id="r1")[0], *remote[2:]]
+                with pytest.raises(anyio.EndOfStream):
+                    await sub.receive()
+                assert bus.statistics().subscriptions == ()
+                stats = sub.statistics()
+                assert (stats.delivered, stats.dropped, stats.buffered) == (2, 1, 0)
 
 
 class TestGapless:
