@@ -552,7 +552,7 @@ class EventBus:
         )
         size = self._buffer_size if buffer_size is None else buffer_size
         if after is not None:
-            count("after", after, 0)
+            after = count("after", after, 0)
         options: dict[str, Any] = {
             "buffer_size": count("buffer_size", size, 1),
             "overflow": self._overflow

@@ -162,9 +162,13 @@ class MergedReader:
             return  # discarded meanwhile (the subscription was closed)
         if not remote and terminal is None:
             self._phase = _Phase.PLAIN  # nothing from the sources
-            return
-        self._merge(remote, terminal)
-        self._phase = _Phase.MERGED
+        else:
+            self._merge(remote, terminal)
+            self._phase = _Phase.MERGED
+        # A task may wait in a receive since the subscription was registered
+        # (take() raised WouldBlock while reading): what is ready now is not in
+        # the buffer, so nothing else would wake it.
+        self._buffer.wake()
 
     def _merge(
         self,

@@ -566,6 +566,11 @@ class OverflowSender:
             self._room_waiter = anyio.Event()
         await self._room_waiter.wait()
 
+    def wake(self) -> None:
+        """Wake the task waiting to take: something became ready that is not
+        in the buffer (a merged replay's sources were read)."""
+        self._wake()
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:

@@ -341,7 +341,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         :raises RuntimeError: if called from a thread (or event loop) other
             than the bus's
         """
-        count("max_items", max_items, 1)
+        max_items = count("max_items", max_items, 1)
         await self._ready()
 
         def take() -> list[Event]:
@@ -366,7 +366,7 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
         :raises TypeError: if *max_items* is not an int
         :raises ValueError: if *max_items* is below 1
         """
-        count("max_items", max_items, 1)
+        max_items = count("max_items", max_items, 1)
         return _Batches(self, max_items)
 
     async def _ready(self) -> None:

@@ -20,31 +20,41 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def count(name: str, value: int, minimum: int) -> int:
-    """*value*, an int (not a bool) >= *minimum*.
+    """*value*, an int (not a bool) >= *minimum*, as a plain int (an int
+    subclass's own comparisons and arithmetic are not trusted).
 
     :raises TypeError: if it is not an int
     :raises ValueError: if it is below *minimum*
     """
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    value = int.__int__(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, not {value}")
     return value
 
 
 def seconds(name: str, value: float, minimum: float, *, strict: bool = False) -> float:
-    """*value*, a finite number (not a bool) >= *minimum* (> it if *strict*).
+    """*value*, a finite number (not a bool) >= *minimum* (> it if *strict*),
+    as a float; an int too large for a float is out of range.
 
     :raises TypeError: if it is not an int or a float
     :raises ValueError: if it is out of range, infinite or NaN
     """
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    low_enough = value <= minimum if strict else value < minimum
-    if low_enough or math.isnan(value) or math.isinf(value):
+    shown: float = (
+        float.__float__(value) if isinstance(value, float) else int.__int__(value)
+    )
+    try:
+        number = float(shown)
+    except OverflowError:  # an int beyond any float: as out of range as inf
+        number = shown = math.inf if shown > 0 else -math.inf
+    low_enough = number <= minimum if strict else number < minimum
+    if low_enough or math.isnan(number) or math.isinf(number):
         bound = f"> {minimum}" if strict else f">= {minimum}"
-        raise ValueError(f"{name} must be finite and {bound}, not {value}")
-    return float(value)
+        raise ValueError(f"{name} must be finite and {bound}, not {shown}")
+    return number
 
 
 def flag(name: str, value: bool) -> bool:
@@ -59,13 +69,14 @@ def flag(name: str, value: bool) -> bool:
 
 
 def text(name: str, value: str) -> str:
-    """*value*, a str.
+    """*value*, a str, as a plain str (a str subclass's own methods, such as
+    ``__contains__`` or ``__eq__``, are not trusted).
 
     :raises TypeError: if it is not a str
     """
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    return value
+    return str.__str__(value)
 
 
 def callables(name: str, value: Iterable[_F]) -> tuple[_F, ...]:

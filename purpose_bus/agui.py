@@ -722,12 +722,13 @@ def create_app(
     """
     if start_run is not None and task_group is None:
         raise ValueError("start_run needs a task_group to start runs in")
-    if not (text("path", path).startswith("/") and not path.endswith("/")):
+    path = text("path", path)
+    if not (path.startswith("/") and not path.endswith("/")):
         raise ValueError(f"path must start with '/' and not end with one: {path!r}")
-    seconds("heartbeat", heartbeat, 0, strict=True)
+    heartbeat = seconds("heartbeat", heartbeat, 0, strict=True)
     if buffer_size is not None:
-        count("buffer_size", buffer_size, 1)
-    count("max_body", max_body, 1)
+        buffer_size = count("buffer_size", buffer_size, 1)
+    max_body = count("max_body", max_body, 1)
     hosts = allowed_set(allowed_hosts)
     endpoints = _Endpoints(
         bus=bus,

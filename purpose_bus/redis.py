@@ -378,10 +378,11 @@ class RedisBridge:
     ) -> None:
         if not isinstance(bus, EventBus):
             raise TypeError(f"bus must be an EventBus, not {type(bus).__name__}")
-        text("url", url)
+        url = text("url", url)
         if client_name is not None:
-            text("client_name", client_name)
-        if not text("prefix", prefix) or "{" in prefix or "}" in prefix:
+            client_name = text("client_name", client_name)
+        prefix = text("prefix", prefix)
+        if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty, without braces: {prefix!r}")
         self._bus = bus
         self._url = url

@@ -144,10 +144,10 @@ def create_app(
     :raises TypeError: for a value of the wrong type
     :raises ValueError: for a value out of range
     """
-    seconds("heartbeat", heartbeat, 0, strict=True)
-    seconds("retry", retry, 0)
+    heartbeat = seconds("heartbeat", heartbeat, 0, strict=True)
+    retry = seconds("retry", retry, 0)
     if buffer_size is not None:
-        count("buffer_size", buffer_size, 1)
+        buffer_size = count("buffer_size", buffer_size, 1)
     hosts = allowed_set(allowed_hosts)
     streams = _Streams(
         bus=bus,

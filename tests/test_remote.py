@@ -513,3 +513,65 @@ class TestOtherThreads:
                     got = [e async for e in sub]
                 assert texts(got) == ["a", "b"]
                 assert got[-1].kind == "run.finished"
+
+
+class TestAReceiverWaitingWhileEntering:
+    async def test_is_woken_when_the_sources_were_read(self) -> None:
+        """A task that holds the subscription and waits in receive() while
+        another task enters it (and reads the source) gets the first merged
+        event once the source was read; nothing live need arrive to wake it."""
+        source = Source(await elsewhere(delta("remote")))
+        source.gate = anyio.Event()
+        got: list[Event] = []
+        async with EventBus() as bus:
+            add_source(bus, source)
+            sub = bus.subscribe(run_id="r1", replay=True)
+            entered = anyio.Event()
+
+            async def enter() -> None:
+                async with sub:
+                    await entered.wait()
+
+            async def receive() -> None:
+                got.append(await sub.receive())
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(enter)
+                    await all_tasks_blocked()  # reading the source
+                    tg.start_soon(receive)
+                    await all_tasks_blocked()  # waiting in receive()
+                    source.gate.set()
+                    await all_tasks_blocked()
+                    entered.set()
+        assert texts(got) == ["remote"]
+
+    async def test_is_woken_when_the_sources_held_nothing(self) -> None:
+        """The same, with a source that holds nothing of the run: the waiting
+        receiver gets the local history."""
+        source = Source()
+        source.gate = anyio.Event()
+        got: list[Event] = []
+        async with EventBus() as bus:
+            add_source(bus, source)
+            bus.emit(delta("local"))
+            sub = bus.subscribe(run_id="r1", replay=True)
+            entered = anyio.Event()
+
+            async def enter() -> None:
+                async with sub:
+                    await entered.wait()
+
+            async def receive() -> None:
+                got.append(await sub.receive())
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(enter)
+                    await all_tasks_blocked()
+                    tg.start_soon(receive)
+                    await all_tasks_blocked()
+                    source.gate.set()
+                    await all_tasks_blocked()
+                    entered.set()
+        assert texts(got) == ["local"]

@@ -233,3 +233,62 @@ class TestTheSameEverywhere:
     @pytest.mark.parametrize("value", ["no", 0, None], ids=repr)
     def test_strict(self, value: object) -> None:
         assert _raised(EventBus, strict=value) == _raised(_merge, strict=value)
+
+
+class _Lying(int):
+    """An int that says it is never below anything."""
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __le__(self, other: object) -> bool:
+        return False
+
+
+class _NoBraces(str):
+    """A str that says it contains nothing."""
+
+    def __contains__(self, other: object) -> bool:
+        return False
+
+
+class TestHostileValues:
+    @pytest.mark.parametrize(("entry", "name", "minimum"), COUNTS, ids=_ids)
+    def test_an_int_subclass_is_checked_as_the_int_it_is(
+        self, entry: Entry, name: str, minimum: int
+    ) -> None:
+        """A subclass's own comparison cannot let a value below the minimum in."""
+        value = _Lying(minimum - 1)
+        assert _raised(entry, **{name: value}) == (
+            ValueError,
+            f"{name} must be >= {minimum}, not {minimum - 1}",
+        )
+
+    @pytest.mark.parametrize(("entry", "name", "minimum", "strict"), SECONDS, ids=_ids)
+    @pytest.mark.parametrize("sign", [1, -1])
+    def test_an_int_too_large_for_a_float_is_out_of_range(
+        self, entry: Entry, name: str, minimum: float, strict: bool, sign: int
+    ) -> None:
+        """Not an OverflowError from math.isnan: a ValueError as for inf."""
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        assert _raised(entry, **{name: sign * 10**400}) == (
+            ValueError,
+            f"{name} must be finite and {bound}, not {sign * math.inf}",
+        )
+
+    @pytest.mark.parametrize(("entry", "name", "minimum", "strict"), SECONDS, ids=_ids)
+    def test_an_int_subclass_is_checked_as_a_number(
+        self, entry: Entry, name: str, minimum: float, strict: bool
+    ) -> None:
+        assert _raised(entry, **{name: _Lying(-1)})[0] is ValueError
+
+    def test_a_str_subclass_cannot_hide_braces_in_a_prefix(self) -> None:
+        assert _raised(_bridge, prefix=_NoBraces("a{b}"))[0] is ValueError
+
+    def test_a_checked_value_is_kept_as_the_plain_type(self) -> None:
+        bus = EventBus(buffer_size=_Lying(5))
+        sub = bus.subscribe(name=_NoBraces("n"), buffer_size=_Lying(3))
+        assert type(sub.name) is str
+        assert type(sub.statistics().buffer_size) is int
+        bridge = RedisBridge(bus, prefix=_NoBraces("p"))
+        assert type(bridge.prefix) is str
