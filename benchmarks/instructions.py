@@ -173,6 +173,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _commit(tree: Path) -> str:
+    """*tree*'s git commit, short ("" if it is not a git checkout)."""
+    return subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -215,18 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} {backend}: {before:,.0f} -> {now:,.0f}", file=sys.stderr)
     text = table(rows)
     print(text)
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    base_commit = subprocess.run(
-        ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit, base_commit = _commit(ROOT), _commit(baseline)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
