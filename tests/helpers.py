@@ -111,9 +111,11 @@ def http_scope(
     path: str,
     hosts: list[bytes],
     server: tuple[str, int] | None = ("127.0.0.1", 8000),
+    query: bytes = b"",
 ) -> dict[str, object]:
-    """The ASGI scope of a ``GET`` of *path* from a loopback client, with one
-    ``Host`` header per item of *hosts* (none, one, or several)."""
+    """The ASGI scope of a ``GET`` of *path* (with the query string *query*)
+    from a loopback client, with one ``Host`` header per item of *hosts*
+    (none, one, or several)."""
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -122,7 +124,7 @@ def http_scope(
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query,
         "root_path": "",
         "headers": [(b"host", value) for value in hosts],
         "client": ("127.0.0.1", 50000),

@@ -914,20 +914,7 @@ async def call_app(
 ) -> tuple[int, bytes]:
     """One GET to *app*; the client disconnects when *disconnect* is set."""
     path, _, query = path.partition("?")
-    scope: Scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope: Scope = http_scope(path, [b"127.0.0.1"], query=query.encode())
     gone = disconnect or anyio.Event()
     requested = False
     status = 0
