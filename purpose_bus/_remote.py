@@ -165,10 +165,6 @@ class MergedReader:
         else:
             self._merge(remote, terminal)
             self._phase = _Phase.MERGED
-        # A task may wait in a receive since the subscription was registered
-        # (take() raised WouldBlock while reading): what is ready now is not in
-        # the buffer, so nothing else would wake it.
-        self._buffer.wake()
 
     def _merge(
         self,

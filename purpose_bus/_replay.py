@@ -49,7 +49,8 @@ class Reader(Protocol):
         """Called once, when the subscription is entered, after it was
         registered (live events are buffered from then on): a merged replay
         reads its sources here. Raising (or cancelled), the subscription is
-        closed."""
+        closed; returning, the subscription wakes a task that waited to
+        receive meanwhile (whatever the reader now holds)."""
 
     def take(self) -> Event | None:
         """The next event (or loss notice) without waiting; ``None`` once the

@@ -567,8 +567,8 @@ class OverflowSender:
         await self._room_waiter.wait()
 
     def wake(self) -> None:
-        """Wake the task waiting to take: something became ready that is not
-        in the buffer (a merged replay's sources were read)."""
+        """Wake the task waiting to take: something may have become ready that
+        is not in the buffer (the subscription's reader has started)."""
         self._wake()
 
     def _wake(self) -> None:

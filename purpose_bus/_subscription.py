@@ -205,6 +205,10 @@ class Subscription(Generic[E_co], metaclass=NoPublicConstructor):
             self._cancelled_check = _cancellation_check()
             if reader is not None:
                 await reader.start()
+                # A task may have waited in a receive while the reader started
+                # (it raised WouldBlock): what is ready now may be held by the
+                # reader, not the buffer, so nothing else would wake that task.
+                self._buffer.wake()
         except BaseException:
             self.close()
             raise
